@@ -1,0 +1,124 @@
+"""Command-line entry points: ``dreamnfsd`` (Hydra app) and ``dreamnfsd-export``.
+
+``dreamnfsd`` first composes and checks the config itself (:mod:`dreamnfsd.train.preflight`), so a user error
+prints one line, exits with code 2 and writes nothing; only then does Hydra create the run folder and call
+:func:`dreamnfsd.train.run.run`. ``--debug`` (or ``HYDRA_FULL_ERROR=1``) shows tracebacks instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+
+
+def config_dir() -> Path:
+    """The Hydra ``configs/`` folder (``DREAMNFSD_CONFIG_DIR`` overrides; else the one beside the package)."""
+    env = os.environ.get("DREAMNFSD_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+
+
+def _fail(message: str) -> int:
+    print(f"dreamnfsd: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _split_argv(argv: list[str]) -> tuple[bool, bool, list[str], list[str]]:
+    """Returns (debug, multirun, hydra args to pass on, plain ``key=value`` overrides)."""
+    debug = "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    passed = [a for a in argv if a != "--debug"]
+    multirun = any(a in ("-m", "--multirun") for a in passed)
+    overrides = [a for a in passed if not a.startswith("-") and not a.startswith("hydra")]
+    return debug, multirun, passed, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug, multirun, passed, overrides = _split_argv(argv)
+    if debug:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    if any(a in ("-h", "--help", "--hydra-help", "-c", "--cfg", "--info") for a in passed):
+        return _hydra_main(passed)
+
+    from dreamnfsd.train.preflight import preflight
+    from dreamnfsd.utils.errors import UserError
+
+    extra: list[str] = []
+    if not multirun:
+        # A sweep's jobs are checked one by one inside the sweep, where a bad job must not stop the others.
+        try:
+            plan = preflight(overrides, config_dir())
+        except UserError as e:
+            if debug:
+                raise
+            return _fail(str(e))
+        extra = [f"hydra.run.dir={plan.run_dir}"]
+        if plan.prompt_from_checkpoint:
+            extra.append(f"prompt={plan.prompt_from_checkpoint}")
+    return _hydra_main(passed + extra)
+
+
+def _hydra_main(args: list[str]) -> int:
+    import hydra
+    from omegaconf import DictConfig
+
+    from dreamnfsd.config import register_configs
+    from dreamnfsd.train.preflight import register_resolvers
+
+    register_configs()
+    register_resolvers()
+
+    @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+    def _task(cfg: DictConfig) -> None:
+        from dreamnfsd.train.run import run_from_hydra
+
+        status = run_from_hydra(cfg)
+        if status.exit_code and not status.in_sweep:
+            sys.exit(status.exit_code)
+
+    saved = sys.argv
+    sys.argv = [saved[0], *args]
+    try:
+        _task()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """``dreamnfsd-export <run dir or checkpoint> [--mesh-resolution N] [--video-resolution N] ...``."""
+    import argparse
+
+    from dreamnfsd.utils.errors import UserError
+
+    parser = argparse.ArgumentParser(
+        prog="dreamnfsd-export",
+        description="Re-export a run's mesh and videos from its newest (or a given) checkpoint into "
+        "<run>/exports/<time>/, leaving the run's own outputs untouched.",
+    )
+    parser.add_argument("run", help="a run folder (outputs/<prompt>/<time>) or a checkpoint file")
+    parser.add_argument("--mesh-resolution", type=int, default=None)
+    parser.add_argument("--threshold", default=None, help="density iso-level, or 'auto'")
+    parser.add_argument("--video-resolution", type=int, default=None)
+    parser.add_argument("--video-frames", type=int, default=None)
+    parser.add_argument("--no-video", action="store_true")
+    parser.add_argument("--no-mesh", action="store_true")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        from dreamnfsd.train.run import reexport
+
+        out = reexport(args)
+    except UserError as e:
+        if args.debug:
+            raise
+        return _fail(str(e))
+    print(f"dreamnfsd-export: wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Export: meshes (marching cubes) and turntable videos."""

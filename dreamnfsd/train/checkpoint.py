@@ -1,0 +1,98 @@
+"""Crash-safe checkpoints: atomic writes (temp file, fsync, rename) and careful loading."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from dreamnfsd.utils.errors import UserError
+
+CHECKPOINT_DIR = "checkpoints"
+_NAME = re.compile(r"^step_(\d{6,})\.pt$")
+
+
+def atomic_write_bytes(data: bytes, path: Path) -> None:
+    """Write ``data`` to ``path`` so that a reader sees either the old file or the whole new one, never a part.
+
+    A full disk or an unwritable folder raises :class:`UserError`; whatever was at ``path`` stays intact.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        # The rename itself is only durable once the folder entry is flushed.
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
+        raise UserError(
+            f"output: could not write {path} ({reason}); free space or choose another output_root — "
+            "earlier checkpoints are intact"
+        ) from e
+
+
+def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 2) -> Path:
+    """Serialise ``state`` to ``run_dir/checkpoints/step_XXXXXX.pt`` atomically and prune all but ``keep`` newest."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path = Path(run_dir) / CHECKPOINT_DIR / f"step_{step:06d}.pt"
+    atomic_write_bytes(buffer.getvalue(), path)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints of a run folder, oldest first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(resume: str) -> Path:
+    """Turn ``resume=`` (a run folder or a checkpoint file) into a checkpoint path, or raise :class:`UserError`."""
+    path = Path(resume).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise UserError(f"resume: {path} has no checkpoints/step_*.pt; point resume at a run folder of dreamnfsd")
+        return found[-1]
+    raise UserError(f"resume: {path} does not exist; pass a run folder (outputs/<prompt>/<time>) or a checkpoint file")
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder that holds ``checkpoint`` (``<run>/checkpoints/step_X.pt``)."""
+    checkpoint = Path(checkpoint).resolve()
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_DIR else checkpoint.parent
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint`, turning corruption into a clear :class:`UserError`."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise UserError(
+            f"resume: {path} is corrupt or truncated ({type(e).__name__}); resume from an earlier checkpoint in "
+            f"{Path(path).parent}"
+        ) from e
+    if not isinstance(state, dict) or "step" not in state or "prompt" not in state:
+        raise UserError(f"resume: {path} is not a dreamnfsd checkpoint; pass a file from a run's checkpoints/ folder")
+    return state

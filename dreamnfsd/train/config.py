@@ -1,0 +1,36 @@
+"""Typed configuration of the training loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 5000
+    batch_size: int = 1  # views rendered per step
+    lr_encoding: float = 1e-2
+    lr_mlp: float = 1e-3
+    lr_background: float = 1e-3
+    adam_eps: float = 1e-15  # hash tables get sparse updates; a tiny eps keeps their effective step size sane
+    # DreamFusion shading: albedo only for the warm-up, then a random mix with a point light near the camera.
+    shading_warmup_steps: int = 500
+    albedo_ratio: float = 0.2
+    textureless_ratio: float = 0.3
+    ambient: float = 0.1
+    light_distance_range: tuple[float, float] = (0.8, 1.5)  # as a multiple of the camera distance
+    light_jitter: float = 0.3
+    # Regulariser weights.
+    lambda_entropy: float = 1e-3
+    lambda_sparsity: float = 0.0
+    lambda_orientation: float = 1e-2
+    # Bookkeeping.
+    log_every: int = 10
+    val_every: int = 200
+    val_views: int = 4
+    ckpt_every: int = 200
+    # NaN/inf guard: skip bad steps; after this many in a row, roll back (lower lr) or abort.
+    max_consecutive_skips: int = 10
+    on_nan: str = "rollback"  # rollback | abort
+    rollback_lr_factor: float = 0.5
+    num_threads: int = 0  # 0: leave torch's default

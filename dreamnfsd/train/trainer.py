@@ -1,0 +1,226 @@
+"""The text-to-3D training loop: render random views, score them with the prior, step the NeRF."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dreamnfsd.cameras import CameraBatch, RandomCameraSampler, turntable_cameras
+from dreamnfsd.export.video import normals_to_rgb, write_image
+from dreamnfsd.guidance import Guidance
+from dreamnfsd.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from dreamnfsd.train.regularizers import opacity_entropy, opacity_sparsity
+from dreamnfsd.train.scene import Scene, build_scene
+from dreamnfsd.train.shading import choose_shading, light_positions
+from dreamnfsd.utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteTrainingError(UserError):
+    """Training kept producing NaN/inf and the configured policy is to abort."""
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # scalar, detached
+    t_mean: torch.Tensor  # scalar, detached
+    finite: bool
+
+
+def render_views(scene: Scene, cameras: CameraBatch, shading: str = "albedo", chunk: int = 4) -> dict:
+    """Render a fixed set of views without gradient, a few cameras at a time. Returns rgb/opacity/normal (N,H,W,C)."""
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(cameras), chunk):
+            cams = _slice(cameras, slice(i, i + chunk))
+            origins, dirs = cams.rays()
+            lights = cams.c2w[:, :3, 3] * 1.2
+            out = scene.renderer.render(origins, dirs, shading=shading, light_positions=lights, need_normals=True)
+            outs.append({k: out[k] for k in ("rgb", "opacity", "normal")})
+    return {k: torch.cat([o[k] for o in outs]) for k in ("rgb", "opacity", "normal")}
+
+
+def _slice(c: CameraBatch, s: slice) -> CameraBatch:
+    return CameraBatch(c.c2w[s], c.fov[s], c.azimuth[s], c.elevation[s], c.distance[s], c.height, c.width)
+
+
+class Trainer:
+    """Owns the scene, the optimizer and every RNG, so a checkpoint captures the whole training state."""
+
+    def __init__(self, cfg, run_dir: Path, device: torch.device, prior):
+        self.cfg, self.run_dir, self.device, self.prior = cfg, Path(run_dir), device, prior
+        tc = cfg.train
+        torch.manual_seed(cfg.seed)
+        self.scene = build_scene(cfg, device)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.sampler = RandomCameraSampler(cfg.camera)
+        self.guidance = Guidance(cfg.guidance, prior, cfg.prompt)
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": list(self.scene.field.encoding_parameters()), "lr": tc.lr_encoding},
+                {"params": list(self.scene.field.mlp_parameters()), "lr": tc.lr_mlp},
+                {"params": list(self.scene.background.parameters()), "lr": tc.lr_background},
+            ],
+            betas=(0.9, 0.99),
+            eps=tc.adam_eps,
+        )
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.step = 0
+        self.lr_scale = 1.0
+        self.consecutive_skips = 0
+        self.total_skips = 0
+        self.rollbacks = 0
+        self.wall_time = 0.0
+        self.val_cameras = turntable_cameras(
+            max(cfg.train.val_views, 1), elevation_deg=15.0, distance=float(sum(cfg.camera.distance_range) / 2),
+            fov_deg=float(sum(cfg.camera.fov_range) / 2), height=cfg.camera.height, width=cfg.camera.width,
+            device=device,
+        )
+
+    # --- state ------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        from omegaconf import OmegaConf
+
+        return {
+            "step": self.step,
+            "prompt": self.cfg.prompt,
+            "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
+            "scene": self.scene.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "lr_scale": self.lr_scale,
+            "total_skips": self.total_skips,
+            "rollbacks": self.rollbacks,
+            "wall_time": self.wall_time,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scene.load_state_dict(state["scene"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.lr_scale = float(state["lr_scale"])
+        self.total_skips = int(state["total_skips"])
+        self.rollbacks = int(state["rollbacks"])
+        self.wall_time = float(state["wall_time"])
+        self._apply_lr()
+
+    def save(self) -> Path:
+        return save_checkpoint(self.state_dict(), self.run_dir, self.step)
+
+    def _apply_lr(self) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * self.lr_scale
+
+    # --- one step ---------------------------------------------------------------------------------------------
+    def train_step(self) -> StepResult:
+        cfg, tc = self.cfg, self.cfg.train
+        cams = self.sampler.sample(tc.batch_size, self.generator, self.device)
+        shading = choose_shading(self.step, tc, self.generator)
+        lights = light_positions(cams, tc, self.generator) if shading != "albedo" else None
+        need_normals = shading != "albedo" or (tc.lambda_orientation > 0 and self.step >= tc.shading_warmup_steps)
+        origins, dirs = cams.rays()
+        out = self.scene.renderer.render(
+            origins, dirs, shading=shading, light_positions=lights, ambient=tc.ambient, need_normals=need_normals
+        )
+        rgb = out["rgb"].permute(0, 3, 1, 2)  # (B, 3, H, W)
+        z = self.prior.to_model_space(rgb)
+        progress = self.step / max(tc.steps - 1, 1)
+        g = self.guidance.step(z, cams, progress, self.generator)
+        loss = g.loss
+        if tc.lambda_entropy > 0:
+            loss = loss + tc.lambda_entropy * opacity_entropy(out["opacity"])
+        if tc.lambda_sparsity > 0:
+            loss = loss + tc.lambda_sparsity * opacity_sparsity(out["opacity"])
+        if tc.lambda_orientation > 0 and "orientation_loss" in out:
+            loss = loss + tc.lambda_orientation * out["orientation_loss"]
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        # One host sync per step decides whether to apply it (as AMP's GradScaler does): a NaN must never reach Adam.
+        finite = torch.isfinite(loss) & torch.stack([torch.isfinite(p.grad).all() for p in params]).all()
+        ok = bool(finite)
+        if ok:
+            self.optimizer.step()
+        self.step += 1
+        self.scene.grid.update(self.step, self.scene.field.density)
+        return StepResult(loss.detach(), g.t.float().mean(), ok)
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    def fit(self, stop) -> str:
+        """Train until ``cfg.train.steps``. Returns "completed" or "interrupted"."""
+        tc = self.cfg.train
+        bar = tqdm(total=tc.steps, initial=self.step, desc=self.cfg.prompt[:40], dynamic_ncols=True,
+                   mininterval=1.0, unit="step")
+        try:
+            while self.step < tc.steps:
+                started = time.perf_counter()
+                result = self.train_step()
+                self.wall_time += time.perf_counter() - started
+                self._after_step(result, bar)
+                if stop.requested:
+                    self.save()
+                    return "interrupted"
+            return "completed"
+        finally:
+            bar.close()
+
+    def _after_step(self, result: StepResult, bar) -> None:
+        tc = self.cfg.train
+        if not result.finite:
+            self._handle_nonfinite()
+        else:
+            self.consecutive_skips = 0
+        if self.step % tc.log_every == 0 or self.step == tc.steps:
+            bar.set_postfix(loss=f"{float(result.loss):.4g}", t=f"{float(result.t_mean):.0f}",
+                            skipped=self.total_skips, refresh=False)
+        bar.update(1)
+        if tc.val_every > 0 and (self.step % tc.val_every == 0 or self.step == tc.steps):
+            self.validate()
+        if tc.ckpt_every > 0 and (self.step % tc.ckpt_every == 0 or self.step == tc.steps):
+            self.save()
+
+    def _handle_nonfinite(self) -> None:
+        tc = self.cfg.train
+        self.consecutive_skips += 1
+        self.total_skips += 1
+        log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", self.step,
+                    self.consecutive_skips)
+        if self.consecutive_skips < tc.max_consecutive_skips:
+            return
+        checkpoints = list_checkpoints(self.run_dir)
+        if tc.on_nan == "abort" or not checkpoints:
+            raise NonFiniteTrainingError(
+                f"train: {self.consecutive_skips} steps in a row gave NaN/inf at step {self.step}; lower "
+                "train.lr_encoding / train.lr_mlp or guidance.guidance_scale"
+            )
+        state = load_checkpoint(checkpoints[-1], map_location=self.device)
+        lr_scale = self.lr_scale * tc.rollback_lr_factor
+        self.load_state_dict(state)
+        self.lr_scale, self.rollbacks = lr_scale, self.rollbacks + 1
+        self.consecutive_skips = 0
+        self._apply_lr()
+        log.warning("rolled back to step %d with learning rates x%.3g", self.step, self.lr_scale)
+
+    def validate(self) -> Path:
+        views = render_views(self.scene, self.val_cameras, shading="albedo")
+        strip = lambda images: torch.cat(list(images.expand(*images.shape[:-1], 3)), dim=1)  # (H, N*W, 3)
+        grid = torch.cat(
+            [strip(views["rgb"]), strip(normals_to_rgb(views["normal"], views["opacity"])), strip(views["opacity"])],
+            dim=0,
+        )
+        return write_image(grid, self.run_dir / "validation" / f"step_{self.step:06d}.png")
+
+
+def steps_per_second(trainer: Trainer) -> float:
+    return trainer.step / trainer.wall_time if trainer.wall_time > 0 else math.nan
