@@ -78,7 +78,8 @@ def validate(cfg: RunConfig) -> None:
     scale = cfg.guidance.guidance_scale
     _require(scale is None or scale > 0, "guidance.guidance_scale",
              f"must be > 0, got {scale} (NFSD uses about 7.5, SDS about 100)")
-    _require(cfg.train.on_nan in ("rollback", "abort"), "train.on_nan", f"must be rollback or abort, got {cfg.train.on_nan!r}")
+    _require(cfg.train.on_nan in ("rollback", "abort"), "train.on_nan",
+             f"must be rollback or abort, got {cfg.train.on_nan!r}")
     for key in ("camera.elevation_range", "camera.distance_range", "camera.fov_range"):
         a, b = getattr(cfg.camera, key.split(".")[1])
         _require(a <= b, key, f"must be [low, high] with low <= high, got [{a}, {b}]")

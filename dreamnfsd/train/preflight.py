@@ -121,7 +121,8 @@ def preflight(overrides: list[str], config_dir: Path) -> RunPlan:
         run_dir = Path(cfg.output_dir).expanduser()
         if run_dir.exists() and any(run_dir.iterdir()):
             raise UserError(
-                f"output_dir: {run_dir} exists and is not empty; choose a new folder, or resume={run_dir} to continue it"
+                f"output_dir: {run_dir} exists and is not empty; choose a new folder, "
+                f"or resume={run_dir} to continue it"
             )
         return RunPlan(run_dir)
     return RunPlan(_fresh_run_dir(Path(cfg.output_root).expanduser(), slugify(cfg.prompt)))

@@ -123,7 +123,7 @@ class Trainer:
 
     # --- one step ---------------------------------------------------------------------------------------------
     def train_step(self) -> StepResult:
-        cfg, tc = self.cfg, self.cfg.train
+        tc = self.cfg.train
         cams = self.sampler.sample(tc.batch_size, self.generator, self.device)
         shading = choose_shading(self.step, tc, self.generator)
         lights = light_positions(cams, tc, self.generator) if shading != "albedo" else None
