@@ -107,10 +107,15 @@ def train_run(cfg, run_dir: Path, resolved_yaml: str) -> RunStatus:
               f"  dreamnfsd resume={run_dir}", file=sys.stderr)
         return RunStatus("interrupted", 130)
     started = time.perf_counter()
-    outputs = export_outputs(trainer.scene, cfg, run_dir)
+    out_dir = run_dir
+    if (run_dir / "mesh.obj").exists() or (run_dir / "turntable.mp4").exists():
+        # Trained further after it had finished once: its earlier outputs are kept, the new ones go beside them.
+        out_dir = run_dir / "exports" / f"step{trainer.step:06d}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = export_outputs(trainer.scene, cfg, out_dir)
     summary.update(export_time_s=round(time.perf_counter() - started, 2), outputs=outputs)
     write_json({**summary, "status": "completed"}, run_dir / "run.json")
-    print(f"dreamnfsd: done in {trainer.wall_time:.0f}s of training. Outputs in {run_dir}:")
+    print(f"dreamnfsd: done in {trainer.wall_time:.0f}s of training. Outputs in {out_dir}:")
     for name in ("obj", "ply", "glb", "turntable", "turntable_panels"):
         if name in outputs:
             print(f"  {outputs[name]}")

@@ -61,7 +61,7 @@ class Trainer:
         self.scene = build_scene(cfg, device)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.sampler = RandomCameraSampler(cfg.camera)
-        self.guidance = Guidance(cfg.guidance, prior, cfg.prompt)
+        self.guidance = Guidance(prior, cfg.guidance, cfg.prompt)
         self.optimizer = torch.optim.Adam(
             [
                 {"params": list(self.scene.field.encoding_parameters()), "lr": tc.lr_encoding},
@@ -135,7 +135,7 @@ class Trainer:
         rgb = out["rgb"].permute(0, 3, 1, 2)  # (B, 3, H, W)
         z = self.prior.to_model_space(rgb)
         progress = self.step / max(tc.steps - 1, 1)
-        g = self.guidance.step(z, cams, progress, self.generator)
+        g = self.guidance.step(z, cams, self.generator, progress)
         loss = g.loss
         if tc.lambda_entropy > 0:
             loss = loss + tc.lambda_entropy * opacity_entropy(out["opacity"])

@@ -1,0 +1,49 @@
+"""Shared fixtures: offline Hugging Face, tiny in-code priors, and a runner for the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_prior(tmp_path_factory) -> Path:
+    """A tiny random camera-aware pixel prior folder (16 px), built once per session."""
+    from tests.tiny_models import build_tiny_pixel_prior
+
+    return build_tiny_pixel_prior(tmp_path_factory.mktemp("tiny_pixel_prior"), camera=True, resolution=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_prior(tmp_path_factory) -> Path:
+    from tests.tiny_models import build_tiny_sd_pipeline
+
+    return build_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny_sd"))
+
+
+def tiny_run_overrides(prior_folder: Path, output_root: Path) -> list[str]:
+    """A run small enough for a CPU test: 16 px renders, a small hash grid, few steps, small exports."""
+    return [
+        "prior=pixel", f"prior.model={prior_folder}", f"output_root={output_root}", "train=quick",
+        "camera.height=16", "camera.width=16", "field.encoding.n_levels=4", "field.encoding.log2_hashmap_size=12",
+        "field.hidden_dim=32", "grid.resolution=32", "export.mesh_resolution=40", "export.video_frames=6",
+        "export.video_resolution=24", "train.val_views=2",
+    ]
+
+
+def run_cli(args: list[str], timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``dreamnfsd`` in a subprocess (as a user would), returning the completed process."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "dreamnfsd.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        env=full_env,
+    )
