@@ -1,0 +1,114 @@
+"""The interface every diffusion prior implements, plus the pieces all priors share.
+
+A prior is frozen: its parameters never require grad, and ``predict_noise`` runs under ``no_grad``. The only
+differentiable path is ``to_model_space`` (rgb -> latents/pixels), which is how the guidance loss reaches the NeRF.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dreamnfsd.cameras import CameraBatch
+
+
+class Prior(nn.Module):
+    """A frozen text-conditional epsilon-predictor.
+
+    Attributes:
+        num_train_timesteps: T, the number of discrete training timesteps (1000 for SD).
+        resolution: image size in pixels the model expects (512 for SD 2.1-base, 32 for the built-in prior).
+        alphas_cumprod: (T,) float32 buffer, alpha-bar_t of the training noise schedule.
+    """
+
+    num_train_timesteps: int
+    resolution: int
+    alphas_cumprod: Tensor
+
+    def __init__(self, alphas_cumprod: Tensor, resolution: int) -> None:
+        super().__init__()
+        self.register_buffer("alphas_cumprod", alphas_cumprod.detach().to(torch.float32).clone(), persistent=False)
+        self.num_train_timesteps = int(alphas_cumprod.shape[0])
+        self.resolution = int(resolution)
+        # prompt string -> (L, D) embedding; prompts repeat every step, the text encoder should run once each.
+        self._text_cache: dict[str, Tensor] = {}
+
+    def _apply(self, fn, recurse=True):
+        # Keep alpha-bar in float32 even when the prior is cast to fp16: the guidance math is done in fp32.
+        super()._apply(fn, recurse)
+        self.alphas_cumprod = self.alphas_cumprod.float()
+        self._text_cache.clear()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
+
+    def freeze(self) -> Prior:
+        """No gradient ever flows into a prior's parameters; eval() disables dropout in the text encoder."""
+        self.requires_grad_(False)
+        self.eval()
+        return self
+
+    def train(self, mode: bool = True) -> Prior:
+        # A prior is never trained: stay in eval even when a parent module calls .train().
+        return super().train(False)
+
+    # --- text -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        """Embeddings for ``prompts``: (N, L, D). Each distinct string is encoded once and cached."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
+        if missing:
+            for prompt, emb in zip(missing, self._encode_text_uncached(missing)):
+                self._text_cache[prompt] = emb.detach()
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+    def _encode_text_uncached(self, prompts: list[str]) -> Tensor:
+        """(N, L, D) embeddings, no caching. Implemented by each prior."""
+        raise NotImplementedError
+
+    def validate_prompt(self, prompt: str, field: str = "prompt") -> None:
+        """Raise ``UserError`` (naming ``field``) if the prior cannot understand ``prompt``. Open-vocabulary priors
+        accept anything."""
+
+    @property
+    def accepts_view_suffixes(self) -> bool:
+        """Whether ", front view" etc. are words this prior's text encoder knows (closed-vocabulary priors may not)."""
+        return True
+
+    # --- images -----------------------------------------------------------------------------------------------
+    def to_model_space(self, rgb: Tensor) -> Tensor:
+        """rgb (B, 3, H, W) in [0, 1] -> model input (B, C, h, w), differentiable wrt ``rgb``."""
+        raise NotImplementedError
+
+    def predict_noise(
+        self, x_t: Tensor, t: Tensor, text_embeddings: Tensor, camera: CameraBatch | None = None
+    ) -> Tensor:
+        """epsilon-prediction for noisy ``x_t`` (N, C, h, w) at integer timesteps ``t`` (N,) under ``text_embeddings``
+        (N, L, D). Returns float32 (N, C, h, w). Runs without grad. ``camera`` (N cameras) is ignored by text-only
+        priors."""
+        raise NotImplementedError
+
+
+def resize_to(rgb: Tensor, resolution: int) -> Tensor:
+    """Bilinear resize (B, C, H, W) -> (B, C, res, res); antialiased so downsampling a large render does not alias."""
+    if rgb.shape[-2:] == (resolution, resolution):
+        return rgb
+    return F.interpolate(rgb, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+
+
+def model_output_to_eps(output: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
+    """Convert a UNet output to an epsilon-prediction (all (N, C, h, w); ``t`` (N,)).
+
+    SD 2.x 768 models predict v = sqrt(ab) eps - sqrt(1-ab) x0, so eps = sqrt(ab) v + sqrt(1-ab) x_t.
+    """
+    if prediction_type == "epsilon":
+        return output
+    ab = alphas_cumprod[t].to(output.dtype).view(-1, 1, 1, 1)
+    if prediction_type == "v_prediction":
+        return ab.sqrt() * output + (1 - ab).sqrt() * x_t
+    if prediction_type == "sample":
+        return (x_t - ab.sqrt() * output) / (1 - ab).sqrt()
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
