@@ -85,7 +85,7 @@ def check_vocabulary(prompt: str, vocabulary: tuple[str, ...] | None, field: str
     if unknown:
         raise UserError(
             f"{field}: unknown word(s) {', '.join(repr(w) for w in unknown)} for this prior — "
-            f"use only: {', '.join(sorted(known))}"
+            f"use only: {' '.join(sorted(known))}"
         )
 
 
