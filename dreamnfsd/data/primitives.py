@@ -1,0 +1,295 @@
+"""Procedural training data: one centred analytic primitive on white, rendered by vectorised sphere tracing.
+
+World conventions follow :mod:`dreamnfsd.cameras` (z-up, OpenGL c2w, vertical fov). Primitives keep a canonical
+orientation (cube axis-aligned, cylinder/cone/torus axes along world z) so that azimuth is meaningful to a
+camera-aware prior.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dreamnfsd.cameras import CameraBatch
+
+SHAPES: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone", "torus")
+COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple")
+# Albedos chosen far apart in RGB; purple keeps a strong red component so it never reads as blue.
+ALBEDO: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.12, 0.10),
+    "green": (0.15, 0.70, 0.20),
+    "blue": (0.12, 0.28, 0.92),
+    "yellow": (0.92, 0.80, 0.10),
+    "purple": (0.62, 0.15, 0.78),
+}
+NEGATIVE_PROMPT = (
+    "unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, low-resolution, gloomy"
+)
+# Each degradation and the negative-prompt phrases that describe it.
+DEGRADATIONS: dict[str, tuple[str, ...]] = {
+    "blur": ("blurry", "out of focus"),
+    "dark": ("dark", "gloomy"),
+    "desaturate": ("dull", "ugly"),
+    "noise": ("low quality", "low-resolution", "unrealistic"),
+    "low_contrast": ("low contrast", "dull"),
+}
+DISTANCE, FOV_DEG = 3.0, 40.0
+BOUND = 1.0  # every primitive (with scale jitter) lies inside this radius
+
+
+def _box(p: Tensor, half: float) -> Tensor:
+    q = p.abs() - half
+    return q.clamp(min=0).norm(dim=-1) + q.max(dim=-1).values.clamp(max=0)
+
+
+def _cylinder(p: Tensor, radius: float, half_height: float) -> Tensor:
+    d = torch.stack([p[..., :2].norm(dim=-1) - radius, p[..., 2].abs() - half_height], dim=-1)
+    return d.max(dim=-1).values.clamp(max=0) + d.clamp(min=0).norm(dim=-1)
+
+
+def _cone(p: Tensor, half_height: float, radius: float) -> Tensor:
+    """Exact SDF of a cone along z with base radius ``radius`` at z=-h and apex at z=+h (Quilez's capped cone)."""
+    qx, qy = p[..., :2].norm(dim=-1), p[..., 2]
+    k2x, k2y = -radius, 2.0 * half_height
+    ca = torch.stack([qx - torch.minimum(qx, torch.where(qy < 0, radius, 0.0)), qy.abs() - half_height], -1)
+    t = (((0.0 - qx) * k2x + (half_height - qy) * k2y) / (k2x**2 + k2y**2)).clamp(0, 1)
+    cb = torch.stack([qx + k2x * t, qy - half_height + k2y * t], -1)
+    sign = torch.where((cb[..., 0] < 0) & (ca[..., 1] < 0), -1.0, 1.0)
+    return sign * torch.minimum(ca.square().sum(-1), cb.square().sum(-1)).sqrt()
+
+
+def _torus(p: Tensor, major: float, minor: float) -> Tensor:
+    q = torch.stack([p[..., :2].norm(dim=-1) - major, p[..., 2]], dim=-1)
+    return q.norm(dim=-1) - minor
+
+
+_SDFS = {
+    "sphere": lambda p: p.norm(dim=-1) - 0.6,
+    "cube": lambda p: _box(p, 0.5),
+    "cylinder": lambda p: _cylinder(p, 0.45, 0.55),
+    "cone": lambda p: _cone(p, 0.5, 0.6),
+    "torus": lambda p: _torus(p, 0.52, 0.22),
+}
+
+
+def primitive_sdf(shape: str, points: Tensor, scale: float | Tensor = 1.0) -> Tensor:
+    """Signed distance of the canonical primitive ``shape`` scaled by ``scale``.
+
+    Args:
+        points: (..., 3) world points. scale: a float, or a tensor broadcastable to points[..., 0].
+    Returns:
+        (...) signed distances, negative inside.
+    """
+    if shape not in _SDFS:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    s = torch.as_tensor(scale, dtype=points.dtype)
+    return _SDFS[shape](points / s[..., None]) * s
+
+
+def primitive_occupancy(shape: str, points: Tensor, scale: float | Tensor = 1.0) -> Tensor:
+    """(...) bool inside-mask of the primitive at ``points`` (..., 3)."""
+    return primitive_sdf(shape, points, scale) < 0
+
+
+def make_cameras(azimuth: Tensor, elevation: Tensor, resolution: int) -> CameraBatch:
+    """Default trainer cameras (distance 3, fov 40°) at angles (B,) in radians."""
+    b = azimuth.shape[0]
+    return CameraBatch.from_angles(
+        azimuth.float(), elevation.float(), torch.full((b,), DISTANCE), torch.full((b,), math.radians(FOV_DEG)),
+        resolution, resolution,
+    )
+
+
+def _trace(shape_idx: Tensor, scale: Tensor, origins: Tensor, dirs: Tensor, iters: int) -> tuple[Tensor, Tensor]:
+    """Sphere-trace rays (B, R, 3) against per-image primitives. Returns hit points (B, R, 3) and hit mask (B, R)."""
+    # Start on the bounding sphere (camera distance is fixed, so rays start near the front of it).
+    b_dot = (origins * dirs).sum(-1)
+    disc = b_dot.square() - (origins.square().sum(-1) - BOUND**2)
+    t = (-b_dot - disc.clamp(min=0).sqrt()).clamp(min=0)
+    dist = torch.full_like(t, 1.0)
+    for k, name in enumerate(SHAPES):
+        sel = shape_idx == k
+        if not sel.any():
+            continue
+        o, d, tk, s = origins[sel], dirs[sel], t[sel], scale[sel][:, None]
+        for _ in range(iters):
+            dk = primitive_sdf(name, o + tk[..., None] * d, s)
+            tk = tk + 0.95 * dk  # slight under-relaxation keeps the (bound-only) cone SDF safe
+        t[sel], dist[sel] = tk, dk
+    hit = (dist.abs() < 2e-3) & (disc > 0)
+    return origins + t[..., None] * dirs, hit
+
+
+def _normals(shape_idx: Tensor, scale: Tensor, points: Tensor, eps: float = 1e-3) -> Tensor:
+    """Central-difference SDF gradients at points (B, R, 3), normalised."""
+    offsets = torch.eye(3) * eps
+    n = torch.zeros_like(points)
+    for k, name in enumerate(SHAPES):
+        sel = shape_idx == k
+        if not sel.any():
+            continue
+        p, s = points[sel], scale[sel][:, None]
+        grads = [primitive_sdf(name, p + o, s) - primitive_sdf(name, p - o, s) for o in offsets]
+        n[sel] = torch.stack(grads, dim=-1)
+    return F.normalize(n, dim=-1)
+
+
+def render_primitives(
+    shapes: list[str] | Tensor,
+    colors: list[str] | Tensor,
+    azimuth: Tensor,
+    elevation: Tensor,
+    resolution: int = 32,
+    supersample: int = 2,
+    generator: torch.Generator | None = None,
+    scale_jitter: float = 0.1,
+    light_jitter: float = 0.3,
+    iters: int = 48,
+) -> dict:
+    """Render B single-primitive images on white.
+
+    Args:
+        shapes, colors: B names (or (B,) index tensors into SHAPES / COLORS).
+        azimuth, elevation: (B,) radians.
+        generator: drives scale jitter and light placement; same generator state gives identical images.
+    Returns:
+        dict with rgb (B, 3, H, W) in [0, 1], mask (B, 1, H, W) pixel coverage in [0, 1], camera (CameraBatch at
+        ``resolution``), scale (B,), shape_idx (B,), color_idx (B,).
+    """
+    shape_idx = _as_index(shapes, SHAPES)
+    color_idx = _as_index(colors, COLORS)
+    b, hi = shape_idx.shape[0], resolution * supersample
+    scale = 1.0 + scale_jitter * (2 * torch.rand(b, generator=generator) - 1)
+    cam_hi = make_cameras(azimuth, elevation, hi)
+    origins, dirs = cam_hi.rays()
+    origins, dirs = origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3)
+    points, hit = _trace(shape_idx, scale, origins, dirs, iters)
+    normals = _normals(shape_idx, scale, points)
+    # A light near the camera, nudged randomly, so shading varies but front faces stay lit.
+    light = F.normalize(cam_hi.c2w[:, :3, 3] + light_jitter * DISTANCE * torch.randn(b, 3, generator=generator), dim=-1)
+    lambert = (normals * light[:, None]).sum(-1).clamp(min=0)
+    albedo = torch.tensor([ALBEDO[c] for c in COLORS])[color_idx]  # (B, 3)
+    shade = albedo[:, None] * (0.3 + 0.7 * lambert[..., None])
+    rgb = torch.where(hit[..., None], shade, torch.ones_like(shade))
+    rgb = rgb.reshape(b, hi, hi, 3).permute(0, 3, 1, 2)
+    mask = hit.float().reshape(b, 1, hi, hi)
+    return {
+        "rgb": F.avg_pool2d(rgb, supersample).clamp(0, 1),
+        "mask": F.avg_pool2d(mask, supersample),
+        "camera": make_cameras(azimuth, elevation, resolution),
+        "scale": scale,
+        "shape_idx": shape_idx,
+        "color_idx": color_idx,
+    }
+
+
+def _as_index(names: list[str] | Tensor, table: tuple[str, ...]) -> Tensor:
+    if isinstance(names, Tensor):
+        return names.long()
+    return torch.tensor([table.index(n) for n in names], dtype=torch.long)
+
+
+def _gaussian_blur(x: Tensor, sigma: float = 1.0) -> Tensor:
+    """Separable 5-tap Gaussian blur of (B, C, H, W) with replicate padding."""
+    k = torch.exp(-0.5 * (torch.arange(5.0) - 2).square() / sigma**2)
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (2, 2, 0, 0), mode="replicate"), k.view(1, 1, 1, 5).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(F.pad(x, (0, 0, 2, 2), mode="replicate"), k.view(1, 1, 5, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def degrade(rgb: Tensor, kinds: list[list[str]], generator: torch.Generator | None = None) -> Tensor:
+    """Apply the listed degradations (names from DEGRADATIONS) per image. rgb (B, 3, H, W) in [0, 1]."""
+    out = rgb.clone()
+    for i, names in enumerate(kinds):
+        x = out[i : i + 1]
+        for name in names:
+            u = torch.rand(1, generator=generator).item()
+            if name == "blur":
+                x = _gaussian_blur(x, 0.9 + 0.8 * u)
+            elif name == "dark":
+                x = x * (0.3 + 0.3 * u)
+            elif name == "desaturate":
+                x = torch.lerp(x, x.mean(1, keepdim=True), 0.6 + 0.35 * u)
+            elif name == "noise":
+                x = x + (0.06 + 0.08 * u) * torch.randn(x.shape, generator=generator)
+            elif name == "low_contrast":
+                x = 0.5 + (x - 0.5) * (0.25 + 0.25 * u)
+            else:
+                raise ValueError(f"unknown degradation {name!r}")
+        out[i : i + 1] = x
+    return out.clamp(0, 1)
+
+
+def caption(shape: str, color: str, degradations: list[str], with_object: bool, generator: torch.Generator) -> str:
+    """"a red cube" for clean images; degraded ones list one NFSD negative phrase per degradation."""
+    obj = f"a {color} {shape}"
+    if not degradations:
+        return obj
+    words: list[str] = []
+    for name in degradations:
+        options = DEGRADATIONS[name]
+        w = options[int(torch.randint(len(options), (1,), generator=generator))]
+        if w not in words:
+            words.append(w)
+    return ", ".join(([obj] if with_object else []) + words)
+
+
+def make_dataset(
+    n: int,
+    seed: int,
+    resolution: int = 32,
+    elevation_range: tuple[float, float] = (-10.0, 45.0),
+    degrade_prob: float = 0.15,
+    chunk: int = 1024,
+    progress: bool = False,
+) -> dict:
+    """Render ``n`` random captioned images, reproducibly from ``seed``.
+
+    Returns:
+        dict with rgb (N, 3, H, W) uint8, mask (N, 1, H, W) uint8 coverage*255, shape_idx / color_idx (N,) long,
+        azimuth / elevation (N,) float radians, degraded (N,) bool and captions (list of N str).
+    """
+    g = torch.Generator().manual_seed(seed)
+    shape_idx = torch.randint(len(SHAPES), (n,), generator=g)
+    color_idx = torch.randint(len(COLORS), (n,), generator=g)
+    azimuth = 2 * math.pi * torch.rand(n, generator=g)
+    # Uniform on the sphere's height (as RandomCameraSampler does) so views are not bunched at the pole.
+    lo, hi = (math.sin(math.radians(e)) for e in elevation_range)
+    elevation = torch.asin(lo + (hi - lo) * torch.rand(n, generator=g))
+    rgbs, masks = [], []
+    for start in range(0, n, chunk):
+        sl = slice(start, min(n, start + chunk))
+        out = render_primitives(shape_idx[sl], color_idx[sl], azimuth[sl], elevation[sl], resolution, generator=g)
+        rgbs.append(out["rgb"])
+        masks.append((out["mask"] * 255).round().to(torch.uint8))
+        if progress:
+            print(f"rendered {sl.stop}/{n}", flush=True)
+    rgb = torch.cat(rgbs)
+    degraded = torch.rand(n, generator=g) < degrade_prob
+    names = list(DEGRADATIONS)
+    kinds: list[list[str]] = [[] for _ in range(n)]
+    for i in degraded.nonzero().flatten().tolist():
+        count = 1 + int(torch.rand(1, generator=g) < 0.4)
+        kinds[i] = [names[j] for j in torch.randperm(len(names), generator=g)[:count].tolist()]
+    idx = degraded.nonzero().flatten()
+    if len(idx):
+        rgb[idx] = degrade(rgb[idx], [kinds[i] for i in idx.tolist()], g)
+    with_object = torch.rand(n, generator=g) < 0.5
+    captions = [
+        caption(SHAPES[s], COLORS[c], kinds[i], bool(with_object[i]), g)
+        for i, (s, c) in enumerate(zip(shape_idx.tolist(), color_idx.tolist()))
+    ]
+    return {
+        "rgb": (rgb * 255).round().to(torch.uint8),
+        "mask": torch.cat(masks),
+        "shape_idx": shape_idx,
+        "color_idx": color_idx,
+        "azimuth": azimuth,
+        "elevation": elevation,
+        "degraded": degraded,
+        "captions": captions,
+    }
