@@ -68,7 +68,7 @@ RUN TCNN_CUDA_ARCHITECTURES="${TCNN_CUDA_ARCHITECTURES}" MAX_JOBS="${MAX_JOBS}" 
 RUN TORCH_CUDA_ARCH_LIST="$(sed -E 's/([0-9]+)([0-9])/\1.\2/g' <<< "${TCNN_CUDA_ARCHITECTURES}")" \
     MAX_JOBS="${MAX_JOBS}" \
     pip install --no-build-isolation --no-binary nerfacc "nerfacc==${NERFACC_VERSION}" \
-    && pip show --files nerfacc | grep -q "nerfacc/csrc"
+    && pip show --files nerfacc | grep -qE "nerfacc/csrc[^/]*\.so"
 
 # The project's dependencies (pyproject's [project.dependencies] plus the "cuda" extra), in a layer that only
 # changes with pyproject.toml. The constraints pin the torch and nerfacc built above.

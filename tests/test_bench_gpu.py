@@ -1,0 +1,69 @@
+"""The GPU benchmark runs end to end on a CPU in its --small form and writes every field it promises."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "bench_gpu.py"
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import bench_gpu  # noqa: E402
+
+
+def test_sd21_base_configs_are_the_real_architecture():
+    unet, vae, text = bench_gpu.SD21_BASE_UNET, bench_gpu.SD21_BASE_VAE, bench_gpu.SD21_BASE_TEXT
+    assert unet["block_out_channels"] == [320, 640, 1280, 1280]
+    assert unet["attention_head_dim"] == [5, 10, 20, 20] and unet["cross_attention_dim"] == 1024
+    assert unet["use_linear_projection"] and unet["sample_size"] == 64 and unet["layers_per_block"] == 2
+    assert vae["block_out_channels"] == [128, 256, 512, 512] and vae["scaling_factor"] == 0.18215
+    assert (text["hidden_size"], text["num_hidden_layers"], text["num_attention_heads"]) == (1024, 23, 16)
+    assert (text["intermediate_size"], text["hidden_act"], text["vocab_size"]) == (4096, "gelu", 49408)
+    assert text["hidden_size"] == unet["cross_attention_dim"]
+
+
+def _run_bench(tmp_path: Path, *args: str, timeout: int = 120, gpu: bool = False) -> tuple[str, dict]:
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if not gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    cmd = [sys.executable, str(SCRIPT), *args, "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_small_bench_runs_on_cpu_and_writes_json(tmp_path):
+    stdout, result = _run_bench(tmp_path, "--small", "--steps", "2", "--device", "cpu", "--via-folder")
+    assert "NFSD x3" in stdout and "SDS x2" in stdout
+    env_info = result["environment"]
+    assert env_info["config"] == "small" and env_info["device"] == "cpu" and env_info["render"] == 16
+    assert env_info["prior_resolution"] == 32
+    assert set(result["methods"]) == {"nfsd", "sds"}
+    for kind, batch in (("nfsd", 3), ("sds", 2)):
+        m = result["methods"][kind]
+        assert m["unet_batch"] == batch and m["loss_finite"]
+        for key in ("step_ms", "steps_per_s", "unet_in_step_ms", "unet_share", "step_over_unet"):
+            assert math.isfinite(m[key]) and m[key] > 0, (kind, key, m[key])
+        assert m["unet_share"] < 1.0  # the UNet call is part of the step
+        assert m["peak_memory_gb"] is None  # GPU memory only
+        assert result["unet_alone"][str(batch)]["ms"] > 0
+    assert result["targets_met"] == {}  # the targets are judged on a GPU only
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.skipif(not bench_gpu.torch.cuda.is_available(), reason="needs a CUDA device (SD 2.1-base-sized bench)")
+def test_full_bench_meets_targets_on_gpu(tmp_path):
+    """SD 2.1-base architecture at 64x64 on a real GPU: NFSD peak memory and step/UNet ratio within target."""
+    _, result = _run_bench(tmp_path, "--steps", "10", "--device", "cuda", timeout=600, gpu=True)
+    assert result["environment"]["config"] == "sd-2.1-base"
+    assert result["targets_met"] and all(result["targets_met"].values()), result["methods"]["nfsd"]
