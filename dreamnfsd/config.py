@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as _default
 
 from dreamnfsd.cameras import CameraSamplerConfig
 from dreamnfsd.export.config import ExportConfig
@@ -31,15 +32,15 @@ class RunConfig:
     output_root: str = "outputs"
     output_dir: str | None = None  # default: <output_root>/<prompt-slug>/<timestamp>
     resume: str | None = None  # a run folder or a checkpoint file
-    prior: PriorConfig = field(default_factory=PriorConfig)
-    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
-    field: FieldConfig = field(default_factory=FieldConfig)
-    grid: OccupancyGridConfig = field(default_factory=OccupancyGridConfig)
-    renderer: RendererConfig = field(default_factory=RendererConfig)
-    background: BackgroundConfig = field(default_factory=BackgroundConfig)
-    camera: CameraSamplerConfig = field(default_factory=CameraSamplerConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
+    prior: PriorConfig = _default(default_factory=PriorConfig)
+    guidance: GuidanceConfig = _default(default_factory=GuidanceConfig)
+    field: FieldConfig = _default(default_factory=FieldConfig)
+    grid: OccupancyGridConfig = _default(default_factory=OccupancyGridConfig)
+    renderer: RendererConfig = _default(default_factory=RendererConfig)
+    background: BackgroundConfig = _default(default_factory=BackgroundConfig)
+    camera: CameraSamplerConfig = _default(default_factory=CameraSamplerConfig)
+    train: TrainConfig = _default(default_factory=TrainConfig)
+    export: ExportConfig = _default(default_factory=ExportConfig)
 
 
 def register_configs() -> None:

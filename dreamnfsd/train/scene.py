@@ -29,12 +29,15 @@ class Scene:
         self.background.load_state_dict(state["background"])
 
 
-def build_scene(cfg, device: torch.device) -> Scene:
-    """Field, grid, background and renderer from a :class:`~dreamnfsd.config.RunConfig`. Seed torch first."""
+def build_scene(cfg, device: torch.device, generator: torch.Generator | None = None) -> Scene:
+    """Field, grid, background and renderer from a :class:`~dreamnfsd.config.RunConfig`. Seed torch first.
+
+    ``generator`` (on ``device``) drives the grid's jittered initial marking.
+    """
     field = NeRFField(cfg.field).to(device)
     grid = OccupancyGrid(cfg.grid, bound=cfg.field.bound).to(device)
     background = Background(cfg.background).to(device)
     renderer = VolumeRenderer(field, grid, background, cfg.renderer)
     # Start from the field's initial density (the centre blob) instead of an all-occupied grid.
-    grid.mark_from(field.density)
+    renderer.mark_occupancy(generator)
     return Scene(field, grid, background, renderer)

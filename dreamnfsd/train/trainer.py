@@ -58,8 +58,10 @@ class Trainer:
         self.cfg, self.run_dir, self.device, self.prior = cfg, Path(run_dir), device, prior
         tc = cfg.train
         torch.manual_seed(cfg.seed)
-        self.scene = build_scene(cfg, device)
+        # Host RNG for cameras, shading and timesteps; a device RNG for sample offsets and grid jitter.
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.render_generator = torch.Generator(device).manual_seed(cfg.seed + 1)
+        self.scene = build_scene(cfg, device, self.render_generator)
         self.sampler = RandomCameraSampler(cfg.camera)
         self.guidance = Guidance(prior, cfg.guidance, cfg.prompt)
         self.optimizer = torch.optim.Adam(
@@ -95,6 +97,7 @@ class Trainer:
             "scene": self.scene.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "render_generator": self.render_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "lr_scale": self.lr_scale,
             "total_skips": self.total_skips,
@@ -106,6 +109,7 @@ class Trainer:
         self.scene.load_state_dict(state["scene"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        self.render_generator.set_state(state["render_generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.lr_scale = float(state["lr_scale"])
@@ -130,7 +134,8 @@ class Trainer:
         need_normals = shading != "albedo" or (tc.lambda_orientation > 0 and self.step >= tc.shading_warmup_steps)
         origins, dirs = cams.rays()
         out = self.scene.renderer.render(
-            origins, dirs, shading=shading, light_positions=lights, ambient=tc.ambient, need_normals=need_normals
+            origins, dirs, shading=shading, light_positions=lights, ambient=tc.ambient, need_normals=need_normals,
+            generator=self.render_generator,
         )
         rgb = out["rgb"].permute(0, 3, 1, 2)  # (B, 3, H, W)
         z = self.prior.to_model_space(rgb)
@@ -153,7 +158,7 @@ class Trainer:
         if ok:
             self.optimizer.step()
         self.step += 1
-        self.scene.grid.update(self.step, self.scene.field.density)
+        self.scene.renderer.update_occupancy(self.step, self.render_generator)
         return StepResult(loss.detach(), g.t.float().mean(), ok)
 
     # --- the loop ---------------------------------------------------------------------------------------------
