@@ -14,11 +14,17 @@ import copy
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
 
-import torch
+# The 2 cores are shared with other jobs: spinning OpenMP threads then wait on descheduled peers and a step became
+# 10x slower. Sleeping waits and glibc keeping large buffers mapped (FIELD-NOTES) avoid that; set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "1000000000")
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -182,10 +188,13 @@ def main(argv: list[str] | None = None) -> None:
     model.unet.train()
     model.text_encoder.train()
     last_ckpt, t_log, step_log = time.time(), time.time(), step
+    # SIGTERM (plain `kill PID`) ends the loop cleanly: a checkpoint and an export are written before exiting.
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
     with log_path.open("a") as log:
         if step == 0:
             log.write("step,loss,lr,elapsed_s,steps_per_s\n")
-        while step < args.steps and (time.time() - start) / 60 < args.max_minutes:
+        while step < args.steps and (time.time() - start) / 60 < args.max_minutes and not stop["flag"]:
             lr = args.lr * min(1.0, (step + 1) / args.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
