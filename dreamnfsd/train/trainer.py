@@ -19,6 +19,7 @@ from dreamnfsd.train.regularizers import opacity_entropy, opacity_sparsity
 from dreamnfsd.train.scene import Scene, build_scene
 from dreamnfsd.train.shading import choose_shading, light_positions
 from dreamnfsd.utils.errors import UserError
+from dreamnfsd.utils.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Trainer:
         self.total_skips = 0
         self.rollbacks = 0
         self.wall_time = 0.0
+        self.timer = PhaseTimer(enabled=False)  # scripts/bench_step.py turns it on
         self.val_cameras = turntable_cameras(
             max(cfg.train.val_views, 1), elevation_deg=15.0, distance=float(sum(cfg.camera.distance_range) / 2),
             fov_deg=float(sum(cfg.camera.fov_range) / 2), height=cfg.camera.height, width=cfg.camera.width,
@@ -128,37 +130,44 @@ class Trainer:
     # --- one step ---------------------------------------------------------------------------------------------
     def train_step(self) -> StepResult:
         tc = self.cfg.train
-        cams = self.sampler.sample(tc.batch_size, self.generator, self.device)
-        shading = choose_shading(self.step, tc, self.generator)
-        lights = light_positions(cams, tc, self.generator) if shading != "albedo" else None
-        need_normals = shading != "albedo" or (tc.lambda_orientation > 0 and self.step >= tc.shading_warmup_steps)
-        origins, dirs = cams.rays()
-        out = self.scene.renderer.render(
-            origins, dirs, shading=shading, light_positions=lights, ambient=tc.ambient, need_normals=need_normals,
-            generator=self.render_generator,
-        )
-        rgb = out["rgb"].permute(0, 3, 1, 2)  # (B, 3, H, W)
-        z = self.prior.to_model_space(rgb)
-        progress = self.step / max(tc.steps - 1, 1)
-        g = self.guidance.step(z, cams, self.generator, progress)
-        loss = g.loss
-        if tc.lambda_entropy > 0:
-            loss = loss + tc.lambda_entropy * opacity_entropy(out["opacity"])
-        if tc.lambda_sparsity > 0:
-            loss = loss + tc.lambda_sparsity * opacity_sparsity(out["opacity"])
-        if tc.lambda_orientation > 0 and "orientation_loss" in out:
-            loss = loss + tc.lambda_orientation * out["orientation_loss"]
-
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        # One host sync per step decides whether to apply it (as AMP's GradScaler does): a NaN must never reach Adam.
-        finite = torch.isfinite(loss) & torch.stack([torch.isfinite(p.grad).all() for p in params]).all()
-        ok = bool(finite)
-        if ok:
-            self.optimizer.step()
-        self.step += 1
-        self.scene.renderer.update_occupancy(self.step, self.render_generator)
+        timer = self.timer
+        with timer("render"):
+            cams = self.sampler.sample(tc.batch_size, self.generator, self.device)
+            shading = choose_shading(self.step, tc, self.generator)
+            lights = light_positions(cams, tc, self.generator) if shading != "albedo" else None
+            need_normals = shading != "albedo" or (
+                tc.lambda_orientation > 0 and self.step >= tc.shading_warmup_steps
+            )
+            origins, dirs = cams.rays()
+            out = self.scene.renderer.render(
+                origins, dirs, shading=shading, light_positions=lights, ambient=tc.ambient,
+                need_normals=need_normals, generator=self.render_generator,
+            )
+        with timer("guidance"):
+            z = self.prior.to_model_space(out["rgb"].permute(0, 3, 1, 2))  # (B, 3, H, W) -> model space
+            progress = self.step / max(tc.steps - 1, 1)
+            g = self.guidance.step(z, cams, self.generator, progress)
+            loss = g.loss
+            if tc.lambda_entropy > 0:
+                loss = loss + tc.lambda_entropy * opacity_entropy(out["opacity"])
+            if tc.lambda_sparsity > 0:
+                loss = loss + tc.lambda_sparsity * opacity_sparsity(out["opacity"])
+            if tc.lambda_orientation > 0 and "orientation_loss" in out:
+                loss = loss + tc.lambda_orientation * out["orientation_loss"]
+        with timer("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with timer("optimizer"):
+            params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+            # One host sync per step decides whether to apply it (as AMP's GradScaler does): a NaN must never
+            # reach Adam's moments.
+            finite = torch.isfinite(loss) & torch.stack([torch.isfinite(p.grad).all() for p in params]).all()
+            ok = bool(finite)
+            if ok:
+                self.optimizer.step()
+            self.step += 1
+        with timer("occupancy"):
+            self.scene.renderer.update_occupancy(self.step, self.render_generator)
         return StepResult(loss.detach(), g.t.float().mean(), ok)
 
     # --- the loop ---------------------------------------------------------------------------------------------
