@@ -35,15 +35,21 @@ class StepResult:
     finite: bool
 
 
-def render_views(scene: Scene, cameras: CameraBatch, shading: str = "albedo", chunk: int = 4) -> dict:
-    """Render a fixed set of views without gradient, a few cameras at a time. Returns rgb/opacity/normal (N,H,W,C)."""
+def render_views(
+    scene: Scene, cameras: CameraBatch, shading: str = "albedo", chunk: int = 4, ambient: float = 0.1
+) -> dict:
+    """Render fixed views without gradient, a few cameras at a time, lit from the camera.
+
+    Returns rgb, opacity and normal, each (N, H, W, C).
+    """
     outs = []
     with torch.no_grad():
         for i in range(0, len(cameras), chunk):
             cams = _slice(cameras, slice(i, i + chunk))
             origins, dirs = cams.rays()
             lights = cams.c2w[:, :3, 3] * 1.2
-            out = scene.renderer.render(origins, dirs, shading=shading, light_positions=lights, need_normals=True)
+            out = scene.renderer.render(origins, dirs, shading=shading, light_positions=lights, ambient=ambient,
+                                        need_normals=True)
             outs.append({k: out[k] for k in ("rgb", "opacity", "normal")})
     return {k: torch.cat([o[k] for o in outs]) for k in ("rgb", "opacity", "normal")}
 
