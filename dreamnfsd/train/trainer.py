@@ -23,6 +23,8 @@ from dreamnfsd.utils.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
 
+MAX_ROLLBACKS = 5  # NaN rollbacks (each lowering the learning rates) before training gives up
+
 
 class NonFiniteTrainingError(UserError):
     """Training kept producing NaN/inf and the configured policy is to abort."""
@@ -219,15 +221,19 @@ class Trainer:
         if self.consecutive_skips < tc.max_consecutive_skips:
             return
         checkpoints = list_checkpoints(self.run_dir)
-        if tc.on_nan == "abort" or not checkpoints:
+        if tc.on_nan == "abort" or not checkpoints or self.rollbacks >= MAX_ROLLBACKS:
+            why = ("" if tc.on_nan == "abort" else " with no checkpoint to roll back to" if not checkpoints
+                   else f" after {self.rollbacks} rollbacks")
             raise NonFiniteTrainingError(
-                f"train: {self.consecutive_skips} steps in a row gave NaN/inf at step {self.step}; lower "
+                f"train: {self.consecutive_skips} steps in a row gave NaN/inf at step {self.step}{why}; lower "
                 "train.lr_encoding / train.lr_mlp or guidance.guidance_scale"
             )
         state = load_checkpoint(checkpoints[-1], map_location=self.device)
         lr_scale = self.lr_scale * tc.rollback_lr_factor
+        total_skips, rollbacks = self.total_skips, self.rollbacks + 1
         self.load_state_dict(state)
-        self.lr_scale, self.rollbacks = lr_scale, self.rollbacks + 1
+        # The learning rate and the counters carry over the rollback; everything else is the checkpoint's.
+        self.lr_scale, self.total_skips, self.rollbacks = lr_scale, total_skips, rollbacks
         self.consecutive_skips = 0
         self._apply_lr()
         log.warning("rolled back to step %d with learning rates x%.3g", self.step, self.lr_scale)
