@@ -34,3 +34,4 @@ class TrainConfig:
     on_nan: str = "rollback"  # rollback | abort
     rollback_lr_factor: float = 0.5
     num_threads: int = 0  # 0: leave torch's default
+    mixed_precision: bool = True  # fp16 autocast for the field on CUDA (the prior's weights are fp16 there anyway)

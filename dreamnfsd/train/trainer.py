@@ -135,11 +135,15 @@ class Trainer:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * self.lr_scale
 
+    def _autocast(self):
+        enabled = self.device.type == "cuda" and self.cfg.train.mixed_precision
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=enabled)
+
     # --- one step ---------------------------------------------------------------------------------------------
     def train_step(self) -> StepResult:
         tc = self.cfg.train
         timer = self.timer
-        with timer("render"):
+        with timer("render"), self._autocast():
             cams = self.sampler.sample(tc.batch_size, self.generator, self.device)
             shading = choose_shading(self.step, tc, self.generator)
             lights = light_positions(cams, tc, self.generator) if shading != "albedo" else None
@@ -152,7 +156,7 @@ class Trainer:
                 need_normals=need_normals, generator=self.render_generator,
             )
         with timer("guidance"):
-            z = self.prior.to_model_space(out["rgb"].permute(0, 3, 1, 2))  # (B, 3, H, W) -> model space
+            z = self.prior.to_model_space(out["rgb"].float().permute(0, 3, 1, 2))  # (B, 3, H, W) -> model space
             progress = self.step / max(tc.steps - 1, 1)
             g = self.guidance.step(z, cams, self.generator, progress)
             loss = g.loss
