@@ -11,7 +11,12 @@ import os
 import sys
 from pathlib import Path
 
+# Exit codes: 0 done; 1 the run failed after it started (disk full, NaN abort, a bug; its folder says why);
+# 2 bad input (one line on stderr, nothing written); 130 / 143 stopped by SIGINT / SIGTERM (checkpoint saved).
+EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
 
 
 def config_dir() -> Path:
@@ -42,22 +47,35 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "--hydra-help", "-c", "--cfg", "--info") for a in passed):
         return _hydra_main(passed)
 
-    from dreamnfsd.train.preflight import preflight
+    from dreamnfsd.train.preflight import preflight, preflight_sweep
     from dreamnfsd.utils.errors import UserError
 
-    extra: list[str] = []
-    if not multirun:
-        # A sweep's jobs are checked one by one inside the sweep, where a bad job must not stop the others.
-        try:
-            plan = preflight(overrides, config_dir())
-        except UserError as e:
-            if debug:
-                raise
-            return _fail(str(e))
-        extra = [f"hydra.run.dir={plan.run_dir}"]
-        if plan.prompt_from_checkpoint:
-            extra.append(f"prompt={plan.prompt_from_checkpoint}")
-    return _hydra_main(passed + extra)
+    hydra_args = [a for a in passed if a not in overrides]
+    try:
+        if multirun:
+            # Every combination must compose (an unknown key or a bad type fails the whole sweep up front); a bad
+            # value in one combination is that job's failure, recorded in the summary, and the others go on.
+            preflight_sweep(overrides, config_dir())
+            return _run_sweep(passed)
+        plan = preflight(overrides, config_dir())
+    except UserError as e:
+        if debug:
+            raise
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print("dreamnfsd: interrupted before training started; nothing was written", file=sys.stderr)
+        return EXIT_SIGINT
+    return _hydra_main([*hydra_args, *plan.overrides, f"hydra.run.dir={plan.run_dir}"])
+
+
+def _run_sweep(args: list[str]) -> int:
+    """A ``--multirun`` sweep; exits 1 when any job did not complete (``summary.md`` says which and why)."""
+    from dreamnfsd import sweep
+
+    sweep.last_rows = None
+    _hydra_main(args)
+    rows = sweep.last_rows or []
+    return EXIT_FAILED if any(r.get("status") != "completed" for r in rows) else 0
 
 
 def _hydra_main(args: list[str]) -> int:

@@ -59,31 +59,72 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise UserError(f"{key}: {message}")
 
 
-def _positive(value, key: str) -> None:
-    _require(isinstance(value, int | float) and value > 0 and math.isfinite(value), key,
-             f"must be a positive number, got {value!r} (e.g. {key}=64)")
+def _positive(value, key: str, example: object = 64) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    _require(ok, key, f"must be a positive number, got {value!r} (e.g. {key}={example})")
+
+
+def _at_least(value, low: int, key: str, meaning: str) -> None:
+    _require(isinstance(value, int) and value >= low, key, f"must be an integer >= {low} ({meaning}), got {value!r}")
+
+
+def check_pair(value, key: str, example: str) -> tuple[float, float]:
+    ok = isinstance(value, list | tuple) and len(value) == 2 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    )
+    _require(ok, key, f"must be two numbers [low, high], got {value!r} (e.g. {key}={example})")
+    return float(value[0]), float(value[1])
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+# Positive sizes and rates, with an example value for the message.
+_POSITIVE = {
+    "camera.height": 64, "camera.width": 64, "train.steps": 5000, "train.batch_size": 1, "grid.resolution": 64,
+    "export.mesh_resolution": 128, "export.video_frames": 60, "export.video_resolution": 128, "export.video_fps": 24,
+    "train.lr_encoding": 0.01, "train.lr_mlp": 0.001, "train.lr_background": 0.001, "train.adam_eps": 1e-15,
+}
+# Periods where 0 means "never".
+_PERIODS = {"train.val_every": "0 disables validation images", "train.ckpt_every": "0 disables periodic checkpoints",
+            "train.num_threads": "0 keeps torch's default"}
 
 
 def validate(cfg: RunConfig) -> None:
     """Semantic checks that the schema cannot express. Raises :class:`UserError`."""
     _require(isinstance(cfg.prompt, str) and cfg.prompt.strip() != "" and cfg.prompt != "???", "prompt",
              'is empty; pass one, e.g. prompt="a red cube"')
-    for key in ("camera.height", "camera.width", "train.steps", "train.batch_size", "export.mesh_resolution",
-                "export.video_frames", "export.video_resolution", "export.video_fps", "grid.resolution",
-                "train.lr_encoding", "train.lr_mlp", "train.lr_background"):
+    _require(isinstance(cfg.device, str) and bool(_DEVICE.match(cfg.device)), "device",
+             f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    for key, example in _POSITIVE.items():
         section, name = key.split(".")
-        _positive(getattr(getattr(cfg, section), name), key)
-    lo, hi = cfg.guidance.t_range
+        _positive(getattr(getattr(cfg, section), name), key, example)
+    for key, meaning in _PERIODS.items():
+        _at_least(getattr(cfg.train, key.split(".")[1]), 0, key, meaning)
+    _at_least(cfg.train.log_every, 1, "train.log_every", "steps between progress-bar updates")
+    _at_least(cfg.train.max_consecutive_skips, 1, "train.max_consecutive_skips",
+              "NaN/inf steps in a row before train.on_nan acts")
+    _require(cfg.train.on_nan in ("rollback", "abort"), "train.on_nan",
+             f"must be rollback or abort, got {cfg.train.on_nan!r}")
+    factor = cfg.train.rollback_lr_factor
+    _require(0 < factor <= 1, "train.rollback_lr_factor",
+             f"must be in (0, 1] (learning rates are multiplied by it on each NaN rollback), got {factor}")
+    lo, hi = check_pair(cfg.guidance.t_range, "guidance.t_range", "[0.02,0.98]")
     _require(0.0 < lo < hi < 1.0, "guidance.t_range",
              f"must satisfy 0 < t_min < t_max < 1, got [{lo}, {hi}] (e.g. guidance.t_range=[0.02,0.98])")
     scale = cfg.guidance.guidance_scale
-    _require(scale is None or scale > 0, "guidance.guidance_scale",
+    _require(scale is None or (math.isfinite(scale) and scale > 0), "guidance.guidance_scale",
              f"must be > 0, got {scale} (NFSD uses about 7.5, SDS about 100)")
-    _require(cfg.train.on_nan in ("rollback", "abort"), "train.on_nan",
-             f"must be rollback or abort, got {cfg.train.on_nan!r}")
-    for key in ("camera.elevation_range", "camera.distance_range", "camera.fov_range"):
-        a, b = getattr(cfg.camera, key.split(".")[1])
+    for key, example in (("camera.elevation_range", "[-10,45]"), ("camera.azimuth_range", "[-180,180]"),
+                         ("camera.distance_range", "[3,3]"), ("camera.fov_range", "[40,40]")):
+        a, b = check_pair(getattr(cfg.camera, key.split(".")[1]), key, example)
         _require(a <= b, key, f"must be [low, high] with low <= high, got [{a}, {b}]")
+    a, b = check_pair(cfg.camera.distance_range, "camera.distance_range", "[3,3]")
+    _require(a > 0, "camera.distance_range", f"must be positive distances, got [{a}, {b}]")
+    a, b = check_pair(cfg.camera.fov_range, "camera.fov_range", "[40,40]")
+    _require(a > 0 and b < 180, "camera.fov_range", f"must lie inside (0, 180) degrees, got [{a}, {b}]")
+    for key in ("train.albedo_ratio", "train.textureless_ratio"):
+        value = getattr(cfg.train, key.split(".")[1])
+        _require(0 <= value <= 1, key, f"must be a share in [0, 1], got {value}")
     if cfg.export.threshold != "auto":
         try:
             float(cfg.export.threshold)

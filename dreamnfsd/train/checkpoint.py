@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -14,15 +15,28 @@ from dreamnfsd.utils.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step_(\d{6,})\.pt$")
+REQUIRED_KEYS = ("step", "prompt", "config", "scene", "optimizer")
+_TMP = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+class OutputWriteError(UserError):
+    """The run's folder cannot be written (disk full, read-only, permissions). Earlier files are intact."""
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def atomic_write_bytes(data: bytes, path: Path) -> None:
     """Write ``data`` to ``path`` so that a reader sees either the old file or the whole new one, never a part.
 
-    A full disk or an unwritable folder raises :class:`UserError`; whatever was at ``path`` stays intact.
+    The bytes go to a hidden temp file beside ``path``, are fsync'ed, and the temp file is renamed over ``path``
+    (atomic on POSIX), then the folder is fsync'ed so the rename survives a power cut. A process killed half-way
+    leaves at most a stale ``.<name>.tmp-<pid>`` that no reader looks at. A full disk or an unwritable folder
+    raises :class:`OutputWriteError`; whatever was at ``path`` stays intact.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _tmp_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
@@ -37,12 +51,24 @@ def atomic_write_bytes(data: bytes, path: Path) -> None:
         finally:
             os.close(dir_fd)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the folder itself could not be made
+            tmp.unlink(missing_ok=True)
         reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
-        raise UserError(
+        raise OutputWriteError(
             f"output: could not write {path} ({reason}); free space or choose another output_root — "
             "earlier checkpoints are intact"
         ) from e
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Delete temp files that killed writers left in ``folder`` (not this process's own)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        m = _TMP.match(p.name)
+        if m and int(m.group(1)) != os.getpid():
+            p.unlink(missing_ok=True)
 
 
 def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 2) -> Path:
@@ -50,6 +76,7 @@ def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 2) -> Pat
     buffer = io.BytesIO()
     torch.save(state, buffer)
     path = Path(run_dir) / CHECKPOINT_DIR / f"step_{step:06d}.pt"
+    remove_stale_temp_files(path.parent)
     atomic_write_bytes(buffer.getvalue(), path)
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
@@ -89,10 +116,14 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise UserError(
-            f"resume: {path} is corrupt or truncated ({type(e).__name__}); resume from an earlier checkpoint in "
-            f"{Path(path).parent}"
-        ) from e
-    if not isinstance(state, dict) or "step" not in state or "prompt" not in state:
-        raise UserError(f"resume: {path} is not a dreamnfsd checkpoint; pass a file from a run's checkpoints/ folder")
+        m = _NAME.match(Path(path).name)
+        earlier = [p for p in list_checkpoints(run_dir_of(path))
+                   if m is None or int(_NAME.match(p.name).group(1)) < int(m.group(1))]
+        fix = (f"resume from the one before with resume={earlier[-1]}" if earlier
+               else "start a new run (no earlier checkpoint is left)")
+        raise UserError(f"resume: {path} is corrupt or truncated ({type(e).__name__}); {fix}") from e
+    missing = [k for k in REQUIRED_KEYS if k not in state] if isinstance(state, dict) else ["everything"]
+    if missing:
+        raise UserError(f"resume: {path} is not a dreamnfsd checkpoint (no {', '.join(missing)}); pass a file from "
+                        "a run's checkpoints/ folder")
     return state

@@ -10,12 +10,6 @@ from pathlib import Path
 from dreamnfsd.utils.errors import UserError
 
 
-@dataclass
-class RunPlan:
-    run_dir: Path
-    prompt_from_checkpoint: str | None = None  # set when ``resume=`` was given without a prompt
-
-
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
@@ -54,6 +48,27 @@ def compose(overrides: list[str], config_dir: Path):
         raise UserError(f"config: {_one_line(e)}") from e
 
 
+# Tuple-typed fields: checked on the raw config, before the dataclasses (whose __post_init__ unpacks them) see them.
+_PAIRS = {"guidance.t_range": "[0.02,0.98]", "camera.elevation_range": "[-10,45]",
+          "camera.azimuth_range": "[-180,180]", "camera.distance_range": "[3,3]", "camera.fov_range": "[40,40]",
+          "train.light_distance_range": "[0.8,1.5]"}
+
+
+def _check_pairs(dcfg) -> None:
+    from omegaconf import OmegaConf
+
+    from dreamnfsd.config import check_pair
+
+    for key, example in _PAIRS.items():
+        value = OmegaConf.select(dcfg, key, default=None)
+        if value is None:
+            continue
+        lo, hi = check_pair(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value, key, example)
+        if key == "guidance.t_range" and not 0.0 < lo < hi < 1.0:
+            raise UserError(f"guidance.t_range: must satisfy 0 < t_min < t_max < 1, got [{lo}, {hi}] "
+                            "(e.g. guidance.t_range=[0.02,0.98])")
+
+
 def to_run_config(dcfg):
     """DictConfig -> typed :class:`~dreamnfsd.config.RunConfig`, with the missing-prompt case made readable."""
     from omegaconf import OmegaConf
@@ -61,32 +76,201 @@ def to_run_config(dcfg):
 
     if OmegaConf.is_missing(dcfg, "prompt"):
         raise UserError('prompt: missing; pass one, e.g. dreamnfsd prompt="a red cube"')
+    _check_pairs(dcfg)
     try:
         return OmegaConf.to_object(dcfg)
     except OmegaConfBaseException as e:
         raise UserError(f"config: {_one_line(e)}") from e
+    except (ValueError, TypeError) as e:  # a config dataclass's own __post_init__ check
+        raise UserError(f"config: {_one_line(e)}") from e
 
 
-def _check_resume(resume: str, prompt: str | None, steps: int) -> tuple[Path, str]:
-    from dreamnfsd.train.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
+# --- resume -------------------------------------------------------------------------------------------------------
+# Sections whose values shape the saved tensors: a resume must build the same scene as the checkpoint.
+_SHAPE_KEYS = ("field.encoding", "field.hidden_dim", "field.n_hidden_layers", "field.bound", "grid.resolution",
+               "background.kind", "background.n_frequencies", "background.hidden_dim", "background.n_hidden_layers")
+_GROUPS = ("prior", "guidance", "field", "grid", "renderer", "background", "camera", "train", "export")
 
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def original_overrides(run_dir: Path) -> list[str] | None:
+    """The command-line overrides a run folder was started with (Hydra's ``.hydra/overrides.yaml``), or None."""
+    import yaml
+
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    try:
+        found = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return [str(o) for o in found] if isinstance(found, list) else None
+
+
+def _override_key(text: str) -> str:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(text).key_or_group
+    except Exception:  # leave odd strings to Hydra's own error
+        return text.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(original: list[str], new: list[str]) -> list[str]:
+    """``original`` then ``new``; an original override is dropped when ``new`` sets the same key, or picks another
+    option of its config group (a new ``prior=builtin`` drops the original ``prior.model=...``)."""
+    new_keys = {_override_key(o) for o in new}
+    new_groups = {k for k in new_keys if k in _GROUPS}
+
+    def replaced(key: str) -> bool:
+        return key in new_keys or key == "resume" or any(key.startswith(g + ".") for g in new_groups)
+
+    return [o for o in original if not replaced(_override_key(o))] + list(new)
+
+
+@dataclass
+class ResumeTarget:
+    run_dir: Path
+    checkpoint: Path | None  # None: a run folder killed before its first checkpoint; it restarts from step 0
+    state: dict | None
+
+
+def find_resume_target(resume: str) -> ResumeTarget:
+    """``resume=`` -> the run folder and its newest (or the given) checkpoint, loaded. Raises :class:`UserError`."""
+    from dreamnfsd.train.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, run_dir_of
+
+    path = Path(resume).expanduser()
+    if path.is_dir() and not list_checkpoints(path) and original_overrides(path) is not None:
+        return ResumeTarget(path.resolve(), None, None)
     ckpt = resolve_checkpoint(resume)
-    state = load_checkpoint(ckpt)
-    if prompt is not None and state["prompt"] != prompt:
+    return ResumeTarget(run_dir_of(ckpt), ckpt, load_checkpoint(ckpt))
+
+
+def _check_resume(target: ResumeTarget, dcfg, given_prompt: str | None) -> None:
+    from omegaconf import OmegaConf
+
+    state = target.state
+    if state is None:
+        return
+    if given_prompt is not None and state["prompt"] != given_prompt:
         raise UserError(
-            f"resume: {ckpt} belongs to a run of {state['prompt']!r}, not {prompt!r}; "
+            f"resume: {target.checkpoint} belongs to a run of {state['prompt']!r}, not {given_prompt!r}; "
             "drop prompt= or point resume at this prompt's run"
         )
-    run_dir = run_dir_of(ckpt)
-    status_file = run_dir / "run.json"
+    saved = _flatten(state.get("config") or {})
+    now = _flatten(OmegaConf.to_container(dcfg, resolve=True))
+    for key in sorted(saved):
+        if key.startswith(_SHAPE_KEYS) and key in now and saved[key] != now[key]:
+            raise UserError(
+                f"resume: {key} is {now[key]!r} here but {saved[key]!r} in {target.checkpoint}; a resumed run keeps "
+                f"its model shape — drop {key}= (or start a new run)"
+            )
+    steps = int(dcfg.train.steps)
+    status_file = target.run_dir / "run.json"
     if status_file.is_file():
-        status = json.loads(status_file.read_text())
+        try:
+            status = json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            status = {}
         if status.get("status") == "completed" and state["step"] >= steps:
             raise UserError(
-                f"resume: {run_dir} already finished ({state['step']} steps) and its outputs are kept; raise "
+                f"resume: {target.run_dir} already finished ({state['step']} steps) and its outputs are kept; raise "
                 "train.steps to train further, or re-export with dreamnfsd-export"
             )
-    return run_dir, state["prompt"]
+
+
+# --- output folder, device, prior ---------------------------------------------------------------------------------
+def check_writable(folder: Path, key: str) -> None:
+    """``folder`` exists as a writable folder or can be created: its nearest existing ancestor is a writable folder."""
+    import os
+
+    folder = Path(folder).expanduser().absolute()
+    probe = folder
+    while not probe.exists():
+        if probe.is_symlink():  # a dangling link
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{key}: cannot create {folder}: {probe} is not a folder — choose another {key}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{key}: cannot write in {probe} (permission denied) — choose another {key}")
+
+
+def check_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device: {name!r} asked for but CUDA is not available here; use device=cpu or device=auto")
+        index = torch.device(name).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise UserError(f"device: {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device: 'mps' asked for but MPS is not available here; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+# A prior loaded by preflight, handed to the run in the same process (a single run loads it once, before any write).
+_preloaded: dict[str, object] = {}
+
+
+def _prior_key(prior_cfg, device) -> str:
+    return repr((prior_cfg, str(device)))
+
+
+class quiet_model_loading:
+    """Silence diffusers/transformers progress bars and log lines while a prior loads: a failure then reads as our
+    one-line message, and a success adds no noise."""
+
+    def __enter__(self):
+        import logging
+
+        self._saved = []
+        for name in ("diffusers", "transformers", "huggingface_hub"):
+            logger = logging.getLogger(name)
+            self._saved.append((logger, logger.level))
+            logger.setLevel(logging.CRITICAL)
+        self._bars = []
+        for module in ("diffusers.utils.logging", "transformers.utils.logging"):
+            try:
+                lib = __import__(module, fromlist=["x"])
+            except ImportError:
+                continue
+            self._bars.append((lib, lib.is_progress_bar_enabled()))
+            lib.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc):
+        for logger, level in self._saved:
+            logger.setLevel(level)
+        for lib, enabled in self._bars:
+            if enabled:
+                lib.enable_progress_bar()
+
+
+def preload_prior(prior_cfg, prompt: str, device) -> None:
+    from dreamnfsd.guidance.priors import load_prior
+
+    with quiet_model_loading():
+        prior = load_prior(prior_cfg, device)
+    prior.validate_prompt(prompt)
+    _preloaded.clear()
+    _preloaded[_prior_key(prior_cfg, device)] = prior
+
+
+def take_preloaded_prior(prior_cfg, device):
+    """The prior preflight loaded for this config and device (once), or None."""
+    return _preloaded.pop(_prior_key(prior_cfg, device), None)
 
 
 def _fresh_run_dir(root: Path, slug: str) -> Path:
@@ -97,32 +281,117 @@ def _fresh_run_dir(root: Path, slug: str) -> Path:
     return candidate
 
 
-def preflight(overrides: list[str], config_dir: Path) -> RunPlan:
-    """Compose and check a single run's config and decide its folder, writing nothing."""
-    from omegaconf import OmegaConf
+@dataclass
+class RunPlan:
+    run_dir: Path
+    overrides: list[str]  # what to hand to Hydra (a resume adds the run's original overrides)
+    resume: ResumeTarget | None = None
 
-    from dreamnfsd.config import slugify, validate
+
+def check_config(dcfg):
+    """Type and check one job's composed config without touching any file or loading weights -> RunConfig."""
+    from dreamnfsd.config import validate
     from dreamnfsd.guidance.priors import check_prior
 
-    dcfg = compose(overrides, config_dir)
-    prompt_from_checkpoint = None
-    if dcfg.get("resume"):
-        given = None if OmegaConf.is_missing(dcfg, "prompt") else str(dcfg.prompt)
-        run_dir, prompt = _check_resume(str(dcfg.resume), given, int(dcfg.train.steps))
-        if given is None:
-            prompt_from_checkpoint = prompt
-            dcfg.prompt = prompt
     cfg = to_run_config(dcfg)
     validate(cfg)
     check_prior(cfg.prior, cfg.prompt)
-    if cfg.resume:
-        return RunPlan(run_dir, prompt_from_checkpoint)
-    if cfg.output_dir:
+    return cfg
+
+
+def preflight(overrides: list[str], config_dir: Path, load: bool = True) -> RunPlan:
+    """Compose and check a single run's config, decide its folder, and (``load``) load its prior, writing nothing.
+
+    ``resume=`` starts from the run's own command-line overrides (``.hydra/overrides.yaml``) with the new ones on
+    top, so ``dreamnfsd resume=<run dir>`` alone continues the same run.
+    """
+    from omegaconf import OmegaConf
+
+    from dreamnfsd.config import slugify
+
+    dcfg = compose(overrides, config_dir)  # unknown keys and bad types in what the user typed fail first
+    target = None
+    if dcfg.get("resume"):
+        target = find_resume_target(str(dcfg.resume))
+        given = None if OmegaConf.is_missing(dcfg, "prompt") else str(dcfg.prompt)
+        original = original_overrides(target.run_dir) or []
+        overrides = merge_overrides(original, overrides)
+        dcfg = compose(overrides, config_dir)
+        if OmegaConf.is_missing(dcfg, "prompt") and target.state is not None:
+            overrides = [*overrides, f"prompt={quote_override_value(target.state['prompt'])}"]
+            dcfg = compose(overrides, config_dir)
+        _check_resume(target, dcfg, given)
+    cfg = check_config(dcfg)
+    device = check_device(cfg.device)
+    if target is not None:
+        run_dir = target.run_dir
+        check_writable(run_dir, "resume")
+    elif cfg.output_dir:
         run_dir = Path(cfg.output_dir).expanduser()
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
             raise UserError(
                 f"output_dir: {run_dir} exists and is not empty; choose a new folder, "
                 f"or resume={run_dir} to continue it"
             )
-        return RunPlan(run_dir)
-    return RunPlan(_fresh_run_dir(Path(cfg.output_root).expanduser(), slugify(cfg.prompt)))
+        check_writable(run_dir, "output_dir")
+    else:
+        root = Path(cfg.output_root).expanduser()
+        check_writable(root, "output_root")
+        run_dir = _fresh_run_dir(root, slugify(cfg.prompt))
+    if load:
+        preload_prior(cfg.prior, cfg.prompt, device)
+    return RunPlan(run_dir, overrides, target)
+
+
+def quote_override_value(value: str) -> str:
+    """A string as a Hydra override value, single-quoted so commas, quotes and brackets stay literal. Hydra unescapes
+    only backslashes that precede a quote or end the string, so only those runs are doubled."""
+    import re
+
+    body = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+    return f"'{body}'"
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The override lists of a ``--multirun`` sweep's jobs, as Hydra's basic sweeper expands them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        return BasicSweeper.split_arguments(parsed, None)[0]
+    except HydraException as e:
+        raise UserError(f"config: {_one_line(e)}") from e
+
+
+MAX_SWEEP_CHECKS = 256
+
+
+def preflight_sweep(overrides: list[str], config_dir: Path) -> list[tuple[list[str], str]]:
+    """Check a sweep before Hydra starts it. Every job must compose (an unknown key or a bad type stops the whole
+    sweep: raises :class:`UserError`); if every job also fails its value checks, nothing would run, so that raises
+    too. Otherwise returns the (job overrides, error) of the jobs that will fail, after printing them."""
+    import sys
+
+    jobs = sweep_jobs(overrides)
+    # Name a job by the overrides that differ between jobs (the swept values).
+    varying = {i for i in range(len(jobs[0]) if jobs else 0) if len({tuple(j)[i] for j in jobs}) > 1}
+    label = lambda job: " ".join(o for i, o in enumerate(job) if i in varying) or " ".join(job)
+    failing = []
+    for job in jobs[:MAX_SWEEP_CHECKS]:
+        try:
+            dcfg = compose(job, config_dir)
+        except UserError as e:  # unknown keys and bad types: the whole sweep is wrong
+            raise UserError(f"sweep job [{label(job)}]: {e}") from e
+        try:
+            check_config(dcfg)
+            if dcfg.get("resume"):
+                raise UserError("resume: a sweep cannot resume runs; resume each job folder on its own")
+        except UserError as e:
+            failing.append((job, str(e)))
+    if failing and len(failing) == len(jobs):
+        raise UserError(f"every job of the sweep would fail; the first: {failing[0][1]}")
+    for job, message in failing:
+        print(f"dreamnfsd: warning: sweep job [{label(job)}] will fail: {message}", file=sys.stderr)
+    return failing

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -74,11 +76,28 @@ def export_outputs(scene, cfg, out_dir: Path) -> dict:
     return outputs
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
+    """The checkpoint ``resume=`` names, or None for a run folder killed before its first checkpoint."""
+    from dreamnfsd.train.checkpoint import list_checkpoints, resolve_checkpoint
+
+    path = Path(resume).expanduser()
+    if path.is_dir() and not list_checkpoints(path):
+        return None
+    return resolve_checkpoint(resume)
+
+
 def train_run(cfg, run_dir: Path, resolved_yaml: str) -> RunStatus:
     from dreamnfsd.guidance.priors import load_prior
-    from dreamnfsd.train.checkpoint import load_checkpoint, resolve_checkpoint
-    from dreamnfsd.train.signals import StopRequest
+    from dreamnfsd.train.checkpoint import list_checkpoints, load_checkpoint
+    from dreamnfsd.train.preflight import take_preloaded_prior
+    from dreamnfsd.train.signals import Interrupted, StopRequest, exit_code
     from dreamnfsd.train.trainer import Trainer, steps_per_second
+    from dreamnfsd.utils.errors import UserError
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -87,34 +106,57 @@ def train_run(cfg, run_dir: Path, resolved_yaml: str) -> RunStatus:
     device = pick_device(cfg.device)
     if not cfg.resume or not (run_dir / "config.yaml").exists():
         atomic_write_bytes(resolved_yaml.encode(), run_dir / "config.yaml")
-    prior = load_prior(cfg.prior, device)
-    prior.validate_prompt(cfg.prompt)
+    prior = take_preloaded_prior(cfg.prior, device)
+    if prior is None:
+        prior = load_prior(cfg.prior, device)
+        prior.validate_prompt(cfg.prompt)
     trainer = Trainer(cfg, run_dir, device, prior)
     if cfg.resume:
-        trainer.load_state_dict(load_checkpoint(resolve_checkpoint(cfg.resume), map_location=device))
-        print(f"dreamnfsd: resuming {run_dir} at step {trainer.step}", file=sys.stderr)
+        ckpt = _resume_checkpoint(cfg.resume, run_dir)
+        if ckpt is None:
+            print(f"dreamnfsd: {run_dir} has no checkpoint yet; starting it again from step 0", file=sys.stderr)
+        else:
+            try:
+                trainer.load_state_dict(load_checkpoint(ckpt, map_location=device))
+            except (RuntimeError, KeyError, ValueError, TypeError) as e:
+                raise UserError(f"resume: {ckpt} does not fit this run's config ({_first_line(e)}); resume with "
+                                "the config it was trained with") from e
+            print(f"dreamnfsd: resuming {run_dir} at step {trainer.step}", file=sys.stderr)
     summary = {"prompt": cfg.prompt, "guidance": cfg.guidance.kind, "seed": cfg.seed, "run_dir": str(run_dir),
                "steps": cfg.train.steps}
+
+    def record(status: str, **extra) -> None:
+        summary.update(step=trainer.step, wall_time_s=round(trainer.wall_time, 2),
+                       steps_per_s=round(steps_per_second(trainer), 3), nan_skips=trainer.total_skips,
+                       rollbacks=trainer.rollbacks, **extra)
+        write_json({**summary, "status": status}, run_dir / "run.json")
+
     write_json({**summary, "status": "running", "step": trainer.step}, run_dir / "run.json")
     with StopRequest() as stop:
         status = trainer.fit(stop)
-    summary.update(step=trainer.step, wall_time_s=round(trainer.wall_time, 2),
-                   steps_per_s=round(steps_per_second(trainer), 3), nan_skips=trainer.total_skips,
-                   rollbacks=trainer.rollbacks)
     if status == "interrupted":
-        write_json({**summary, "status": "interrupted"}, run_dir / "run.json")
-        print(f"dreamnfsd: stopped at step {trainer.step}; checkpoint saved. Resume with:\n"
+        record("interrupted", signal=stop.requested)
+        print(f"dreamnfsd: {stop.requested} — stopped at step {trainer.step}; checkpoint saved. Resume with:\n"
               f"  dreamnfsd resume={run_dir}", file=sys.stderr)
-        return RunStatus("interrupted", 130)
+        return RunStatus("interrupted", exit_code(stop.requested))
+    if not any(p.name == f"step_{trainer.step:06d}.pt" for p in list_checkpoints(run_dir)):
+        trainer.save()  # the final state is always kept (re-export, training further), whatever ckpt_every says
+    record("exporting")
     started = time.perf_counter()
     out_dir = run_dir
     if (run_dir / "mesh.obj").exists() or (run_dir / "turntable.mp4").exists():
         # Trained further after it had finished once: its earlier outputs are kept, the new ones go beside them.
         out_dir = run_dir / "exports" / f"step{trainer.step:06d}-{time.strftime('%Y%m%d-%H%M%S')}"
         out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = export_outputs(trainer.scene, cfg, out_dir)
-    summary.update(export_time_s=round(time.perf_counter() - started, 2), outputs=outputs)
-    write_json({**summary, "status": "completed"}, run_dir / "run.json")
+    try:
+        with StopRequest(immediate=True):
+            outputs = export_outputs(trainer.scene, cfg, out_dir)
+    except Interrupted as e:
+        record("interrupted", signal=e.signal_name)
+        print(f"dreamnfsd: {e.signal_name} during export; training is finished and saved. Export again with:\n"
+              f"  dreamnfsd-export {run_dir}", file=sys.stderr)
+        return RunStatus("interrupted", exit_code(e.signal_name))
+    record("completed", export_time_s=round(time.perf_counter() - started, 2), outputs=outputs)
     print(f"dreamnfsd: done in {trainer.wall_time:.0f}s of training. Outputs in {out_dir}:")
     for name in ("obj", "ply", "glb", "turntable", "turntable_panels"):
         if name in outputs:
@@ -122,14 +164,27 @@ def train_run(cfg, run_dir: Path, resolved_yaml: str) -> RunStatus:
     return RunStatus("completed", 0)
 
 
+def _os_error_message(e: OSError) -> str:
+    reason = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror or str(e)
+    where = f" {e.filename}" if e.filename else ""
+    return (f"output: could not write{where} ({reason}); free space or choose another output_root — "
+            "earlier checkpoints are intact")
+
+
 def run_from_hydra(dcfg) -> RunStatus:
-    """Hydra task body: check the config, run, and turn failures into a status (a sweep goes on past them)."""
+    """Hydra task body: check the config, run, and turn failures into a status (a sweep goes on past them).
+
+    Exit codes: 0 completed; 1 failed while running (disk full, NaN abort, a bug); 2 bad input; 130/143 stopped by
+    SIGINT/SIGTERM with a checkpoint saved.
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     from dreamnfsd.config import validate
-    from dreamnfsd.train.preflight import to_run_config
+    from dreamnfsd.train.checkpoint import OutputWriteError
+    from dreamnfsd.train.preflight import check_device, to_run_config
+    from dreamnfsd.train.trainer import NonFiniteTrainingError
     from dreamnfsd.utils.errors import UserError
 
     hc = HydraConfig.get()
@@ -138,13 +193,18 @@ def run_from_hydra(dcfg) -> RunStatus:
     try:
         cfg = to_run_config(dcfg)
         validate(cfg)
+        check_device(cfg.device)
         status = train_run(cfg, run_dir, OmegaConf.to_yaml(dcfg, resolve=True))
         status.in_sweep = in_sweep
         return status
+    except (OutputWriteError, NonFiniteTrainingError) as e:
+        message, code = str(e), 1
     except UserError as e:
-        print(f"dreamnfsd: error: {e}", file=sys.stderr)
-        _record_failure(dcfg, run_dir, str(e))
-        return RunStatus("failed", 2, in_sweep)
+        message, code = str(e), 2
+    except OSError as e:  # a write outside the checkpoint code (validation image, mesh, video)
+        if in_sweep is False and os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        message, code = _os_error_message(e), 1
     except Exception:
         if not in_sweep:
             raise
@@ -153,15 +213,24 @@ def run_from_hydra(dcfg) -> RunStatus:
         print(text, file=sys.stderr)
         _record_failure(dcfg, run_dir, text.strip().splitlines()[-1])
         return RunStatus("failed", 1, in_sweep)
+    print(f"dreamnfsd: error: {message}", file=sys.stderr)
+    _record_failure(dcfg, run_dir, message)
+    return RunStatus("failed", code, in_sweep)
 
 
 def _record_failure(dcfg, run_dir: Path, message: str) -> None:
     if not run_dir.exists():
         return
+    row = {"prompt": str(dcfg.get("prompt", "")), "guidance": str(dcfg.guidance.kind), "seed": int(dcfg.seed),
+           "steps": int(dcfg.train.steps), "run_dir": str(run_dir)}
+    status_file = run_dir / "run.json"
     try:
-        write_json({"prompt": str(dcfg.get("prompt", "")), "guidance": str(dcfg.guidance.kind),
-                    "seed": int(dcfg.seed), "status": "failed", "error": message, "run_dir": str(run_dir)},
-                   run_dir / "run.json")
+        if status_file.is_file():  # keep what the run had recorded (its step, timings)
+            row = {**json.loads(status_file.read_text()), **row}
+    except (OSError, ValueError):
+        pass
+    try:
+        write_json({**row, "status": "failed", "error": message}, status_file)
     except Exception:  # the failure being recorded may be the disk itself
         log.warning("could not record failure in %s", run_dir)
 

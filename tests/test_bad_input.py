@@ -1,0 +1,196 @@
+"""Bad input: one line naming the field and the fix, exit code 2, no traceback, and not one file written or changed.
+
+Most cases call :func:`dreamnfsd.cli.main` in-process (the checks run before Hydra starts, so nothing else happens);
+a few run the real command in a subprocess: the exit code as a shell sees it, ``--debug``, and an empty Hugging Face
+cache (``HF_HOME`` is read when huggingface_hub is imported).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamnfsd.cli import main
+from dreamnfsd.train.checkpoint import save_checkpoint
+from tests.conftest import run_cli, tiny_run_overrides
+
+PROMPT = "a red cube"
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` with its kind, size, mtime and content hash."""
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        st = p.lstat()
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+        out[str(p.relative_to(root))] = (p.is_dir(), st.st_size, st.st_mtime_ns, digest)
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_pixel_prior):
+    """A tmp tree with an output root, a finished-looking run of PROMPT, broken checkpoints and broken priors."""
+    root = tmp_path_factory.mktemp("bad_input")
+    out = root / "outputs"
+    out.mkdir()
+    base = tiny_run_overrides(tiny_pixel_prior, out)
+
+    run = out / "a-red-cube" / "20250101-000000"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in [f"prompt={PROMPT}", *base]))
+    from omegaconf import OmegaConf
+
+    from dreamnfsd.cli import config_dir
+    from dreamnfsd.train.preflight import compose
+
+    config = OmegaConf.to_container(compose([f"prompt={PROMPT}", *base], config_dir()), resolve=True)
+    state = {"step": 4, "prompt": PROMPT, "config": config, "scene": {}, "optimizer": {}}
+    save_checkpoint(state, run, 4)
+    real = io.BytesIO()
+    torch.save({**state, "scene": {"w": torch.zeros(4096)}}, real)
+
+    truncated = out / "truncated"
+    (truncated / "checkpoints").mkdir(parents=True)
+    (truncated / "checkpoints" / "step_000008.pt").write_bytes(real.getvalue()[: len(real.getvalue()) // 2])
+    garbage = out / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all" * 10)
+
+    nonempty = out / "taken"
+    nonempty.mkdir()
+    (nonempty / "notes.txt").write_text("mine")
+    a_file = out / "a_file"
+    a_file.write_text("x")
+
+    empty_prior = root / "empty_prior"
+    empty_prior.mkdir()
+    no_weights = root / "no_weights"
+    shutil.copytree(tiny_pixel_prior, no_weights)
+    for w in (no_weights / "unet").glob("*.safetensors"):
+        w.unlink()
+    vocab = root / "vocab_prior"
+    shutil.copytree(tiny_pixel_prior, vocab)
+    spec = (vocab / "dreamnfsd_prior.json").read_text().replace('"vocabulary": null', '"vocabulary": ["a", "red", '
+                                                                 '"cube"]')
+    (vocab / "dreamnfsd_prior.json").write_text(spec)
+    return {"root": root, "out": out, "base": base, "run": run, "truncated": truncated, "garbage": garbage,
+            "nonempty": nonempty, "a_file": a_file, "empty_prior": empty_prior, "no_weights": no_weights,
+            "vocab": vocab, "missing": root / "no_such_folder"}
+
+
+def _cases(w) -> dict[str, tuple[list[str], list[str]]]:
+    """name -> (arguments after the base overrides, words the one-line message must contain)."""
+    p = [f"prompt={PROMPT}"]
+    return {
+        "empty prompt": (["prompt="], ["prompt:", 'prompt="a red cube"']),
+        "whitespace prompt": (["prompt=   "], ["prompt:", "empty"]),
+        "missing prompt": ([], ["prompt:", "missing"]),
+        "unknown key": ([*p, "train.foo=1"], ["train.foo"]),
+        "unknown group option": ([*p, "guidance=foo"], ["guidance/foo", "nfsd", "sds"]),
+        "resolution not a number": ([*p, "camera.height=abc"], ["camera.height", "abc"]),
+        "resolution zero": ([*p, "camera.height=0"], ["camera.height", "positive"]),
+        "resolution negative": ([*p, "camera.width=-16"], ["camera.width", "positive"]),
+        "steps not a number": ([*p, "train.steps=many"], ["train.steps"]),
+        "steps zero": ([*p, "train.steps=0"], ["train.steps", "positive"]),
+        "lr not a number": ([*p, "train.lr_mlp=fast"], ["train.lr_mlp"]),
+        "lr negative": ([*p, "train.lr_mlp=-1"], ["train.lr_mlp", "positive"]),
+        "lr zero": ([*p, "train.lr_encoding=0"], ["train.lr_encoding", "positive"]),
+        "t range inverted": ([*p, "guidance.t_range=[0.9,0.1]"], ["guidance.t_range", "0 < t_min < t_max < 1"]),
+        "t range above 1": ([*p, "guidance.t_range=[0.1,1.5]"], ["guidance.t_range", "0 < t_min < t_max < 1"]),
+        "t range at 0": ([*p, "guidance.t_range=[0,0.5]"], ["guidance.t_range", "0 < t_min < t_max < 1"]),
+        "t range one value": ([*p, "guidance.t_range=[0.5]"], ["guidance.t_range", "two numbers"]),
+        "guidance scale zero": ([*p, "guidance.guidance_scale=0"], ["guidance.guidance_scale", "> 0"]),
+        "guidance scale negative": ([*p, "guidance=sds", "guidance.guidance_scale=-5"],
+                                    ["guidance.guidance_scale", "> 0"]),
+        "prior folder missing": ([*p, f"prior.model={w['missing']}"], ["prior.model", "does not exist"]),
+        "prior folder empty": ([*p, f"prior.model={w['empty_prior']}"], ["prior.model", "missing: unet/"]),
+        "prior weights missing": ([*p, f"prior.model={w['no_weights']}"], ["prior.model", "unet/"]),
+        "word unknown to prior": (["prompt=a blue cube", f"prior.model={w['vocab']}"], ["prompt", "'blue'"]),
+        "resume nothing": ([f"resume={w['root'] / 'nothing_here'}"], ["resume:", "does not exist"]),
+        "resume another prompt": (["prompt=a blue sphere", f"resume={w['run']}"], ["resume:", "'a red cube'"]),
+        "resume truncated": ([f"resume={w['truncated']}"], ["resume:", "corrupt or truncated"]),
+        "resume not a checkpoint": ([f"resume={w['garbage']}"], ["resume:", "corrupt or truncated"]),
+        "resume folder without checkpoints": ([f"resume={w['nonempty']}"], ["resume:", "no checkpoints"]),
+        "resume with another model shape": ([f"resume={w['run']}", "field.hidden_dim=64"], ["resume:", "field"]),
+        "output_dir not empty": ([*p, f"output_dir={w['nonempty']}"], ["output_dir", "not empty"]),
+        "output_root under a file": ([*p, f"output_root={w['a_file'] / 'sub'}"], ["output_root", "not a folder"]),
+        "device unknown": ([*p, "device=tpu"], ["device", "cpu"]),
+        "on_nan unknown": ([*p, "train.on_nan=ignore"], ["train.on_nan", "rollback"]),
+        "max_consecutive_skips zero": ([*p, "train.max_consecutive_skips=0"], ["train.max_consecutive_skips"]),
+        "ckpt_every negative": ([*p, "train.ckpt_every=-1"], ["train.ckpt_every"]),
+    }
+
+
+CASE_NAMES = list(_cases({k: Path("/x") for k in ("run", "truncated", "garbage", "nonempty", "a_file",
+                                                 "empty_prior", "no_weights", "vocab", "missing", "root")}))
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_input_one_line_exit_2_nothing_written(name, world, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args, words = _cases(world)[name]
+    before = snapshot(world["root"])
+    rc = main([*world["base"], *args])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert rc == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("dreamnfsd: error: "), captured.err
+    assert "Traceback" not in captured.err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert snapshot(world["root"]) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_without_cuda(world, capsys):
+    rc = main([*world["base"], f"prompt={PROMPT}", "device=cuda"])
+    assert rc == 2 and "device: 'cuda' asked for but CUDA is not available" in capsys.readouterr().err
+
+
+def test_subprocess_hub_model_not_cached_offline(world, tmp_path):
+    """The real command, an empty HF cache and HF_HUB_OFFLINE=1: one line naming prior.model, exit 2, no files."""
+    before = snapshot(world["root"])
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty_hf_home"), "HYDRA_FULL_ERROR": ""}
+    proc = run_cli([f"prompt={PROMPT}", f"output_root={world['out']}", "prior=stable_diffusion"], env=env, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert lines == [lines[0]] and "prior.model: 'stabilityai/stable-diffusion-2-1-base' is not in the Hugging Face " \
+                                   "cache" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0], proc.stderr
+    assert proc.stdout == ""
+    assert snapshot(world["root"]) == before
+    assert not (tmp_path / "empty_hf_home").exists() or not any((tmp_path / "empty_hf_home").rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("how", ["--debug", "HYDRA_FULL_ERROR=1"])
+def test_debug_shows_the_traceback(world, how, monkeypatch):
+    before = snapshot(world["root"])
+    args = [*world["base"], f"prompt={PROMPT}", "camera.height=0"]
+    if how == "--debug":  # the real command: the traceback reaches the terminal, exit code 1
+        proc = run_cli([*args, "--debug"], env={"HYDRA_FULL_ERROR": ""}, timeout=120)
+        assert proc.returncode == 1
+        assert "Traceback (most recent call last)" in proc.stderr and "UserError: camera.height" in proc.stderr
+    else:
+        from dreamnfsd.utils.errors import UserError
+
+        monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+        with pytest.raises(UserError, match="camera.height"):
+            main(args)
+    assert snapshot(world["root"]) == before
+
+
+def test_no_traceback_in_a_real_shell(world):
+    """The same error without --debug through the real entry point: one line, code 2 seen by the shell."""
+    proc = run_cli([*world["base"], f"prompt={PROMPT}", "guidance.t_range=[0.9,0.1]"],
+                   env={"HYDRA_FULL_ERROR": ""}, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "dreamnfsd: error: guidance.t_range: must satisfy 0 < t_min < t_max < 1, got [0.9, 0.1] "
+        "(e.g. guidance.t_range=[0.02,0.98])"
+    ]
+    assert os.environ.get("HYDRA_FULL_ERROR") != "1"
