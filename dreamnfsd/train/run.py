@@ -76,6 +76,19 @@ def export_outputs(scene, cfg, out_dir: Path) -> dict:
     return outputs
 
 
+def _finished_export_step(run_dir: Path) -> int | None:
+    try:
+        status = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if "outputs_step" in status:
+        return int(status["outputs_step"])
+    if status.get("status") == "completed" and ((run_dir / "mesh.obj").exists() or (run_dir / "turntable.mp4")
+                                                .exists()):
+        return int(status.get("step", 0))  # written before outputs_step existed
+    return None
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
@@ -124,6 +137,11 @@ def train_run(cfg, run_dir: Path, resolved_yaml: str) -> RunStatus:
             print(f"dreamnfsd: resuming {run_dir} at step {trainer.step}", file=sys.stderr)
     summary = {"prompt": cfg.prompt, "guidance": cfg.guidance.kind, "seed": cfg.seed, "run_dir": str(run_dir),
                "steps": cfg.train.steps}
+    # The step whose finished export lies in run_dir itself (kept when training further); None: nothing finished
+    # there yet (a new run, or one killed during its export, which is then simply redone).
+    outputs_step = _finished_export_step(run_dir)
+    if outputs_step is not None:
+        summary["outputs_step"] = outputs_step
 
     def record(status: str, **extra) -> None:
         summary.update(step=trainer.step, wall_time_s=round(trainer.wall_time, 2),
@@ -144,7 +162,7 @@ def train_run(cfg, run_dir: Path, resolved_yaml: str) -> RunStatus:
     record("exporting")
     started = time.perf_counter()
     out_dir = run_dir
-    if (run_dir / "mesh.obj").exists() or (run_dir / "turntable.mp4").exists():
+    if outputs_step is not None:
         # Trained further after it had finished once: its earlier outputs are kept, the new ones go beside them.
         out_dir = run_dir / "exports" / f"step{trainer.step:06d}-{time.strftime('%Y%m%d-%H%M%S')}"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +174,8 @@ def train_run(cfg, run_dir: Path, resolved_yaml: str) -> RunStatus:
         print(f"dreamnfsd: {e.signal_name} during export; training is finished and saved. Export again with:\n"
               f"  dreamnfsd-export {run_dir}", file=sys.stderr)
         return RunStatus("interrupted", exit_code(e.signal_name))
+    if out_dir == run_dir:
+        summary["outputs_step"] = trainer.step
     record("completed", export_time_s=round(time.perf_counter() - started, 2), outputs=outputs)
     print(f"dreamnfsd: done in {trainer.wall_time:.0f}s of training. Outputs in {out_dir}:")
     for name in ("obj", "ply", "glb", "turntable", "turntable_panels"):
