@@ -1,8 +1,9 @@
 """Command-line entry points: ``dreamnfsd`` (Hydra app) and ``dreamnfsd-export``.
 
-``dreamnfsd`` first composes and checks the config itself (:mod:`dreamnfsd.train.preflight`), so a user error
-prints one line, exits with code 2 and writes nothing; only then does Hydra create the run folder and call
-:func:`dreamnfsd.train.run.run`. ``--debug`` (or ``HYDRA_FULL_ERROR=1``) shows tracebacks instead.
+``dreamnfsd`` first composes and checks the config itself (:mod:`dreamnfsd.train.preflight`: values, prior files,
+device, output folder, resume target) and loads the prior, so a user error prints one line, exits with code 2 and
+writes nothing; only then does Hydra create the run folder and call :func:`dreamnfsd.train.run.run_from_hydra`.
+A ``--multirun`` sweep is checked job by job first. ``--debug`` (or ``HYDRA_FULL_ERROR=1``) shows tracebacks instead.
 """
 
 from __future__ import annotations

@@ -221,6 +221,11 @@ def run_from_hydra(dcfg) -> RunStatus:
         message, code = str(e), 1
     except UserError as e:
         message, code = str(e), 2
+    except KeyboardInterrupt:  # Ctrl-C before training started (loading, building the scene): nothing to save
+        print(f"dreamnfsd: interrupted before training started; start it again with dreamnfsd resume={run_dir}",
+              file=sys.stderr)
+        _record_failure(dcfg, run_dir, "interrupted before training started", status="interrupted")
+        return RunStatus("interrupted", 130, in_sweep)
     except OSError as e:  # a write outside the checkpoint code (validation image, mesh, video)
         if in_sweep is False and os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -238,7 +243,7 @@ def run_from_hydra(dcfg) -> RunStatus:
     return RunStatus("failed", code, in_sweep)
 
 
-def _record_failure(dcfg, run_dir: Path, message: str) -> None:
+def _record_failure(dcfg, run_dir: Path, message: str, status: str = "failed") -> None:
     if not run_dir.exists():
         return
     row = {"prompt": str(dcfg.get("prompt", "")), "guidance": str(dcfg.guidance.kind), "seed": int(dcfg.seed),
@@ -250,7 +255,7 @@ def _record_failure(dcfg, run_dir: Path, message: str) -> None:
     except (OSError, ValueError):
         pass
     try:
-        write_json({**row, "status": "failed", "error": message}, status_file)
+        write_json({**row, "status": status, "error": message}, status_file)
     except Exception:  # the failure being recorded may be the disk itself
         log.warning("could not record failure in %s", run_dir)
 
