@@ -10,11 +10,9 @@ Why this holds (and what it needs):
 - validation renders run without gradient, so they use no random offsets and cannot shift any RNG stream;
 - CPU kernels are deterministic for a fixed thread count (the runs here use the same machine and torch's default
   thread count); a different ``train.num_threads`` may change float summation order in matmuls and reductions;
-- one known exception: ``grid.update_fraction < 1`` (not the default) re-evaluates randomly picked cells, with
-  repeats, and writes them with ``occs[cells] = ...``; with repeated indices and more than one thread that write is a
-  race (torch's CPU ``index_put_`` runs in parallel; CUDA's too), so the grid, and then everything, drifts
-  (``test_partial_grid_update_is_deterministic``, xfail until ``OccupancyGrid.update`` dedups the cells or reduces
-  with ``scatter_reduce_(..., "amax")``);
+- ``grid.update_fraction < 1`` re-evaluates randomly picked cells, with repeats; ``OccupancyGrid.update`` keeps each
+  cell once, because a parallel ``index_put_`` with repeated indices has no fixed order
+  (``test_partial_grid_update_is_deterministic``);
 - ``wall_time`` (and the run folder, in ``config.output_dir`` / ``config.resume``) differ by nature and are left out.
 
 A resumed run loses at most the steps since its newest checkpoint (``train.ckpt_every``): it restarts from there and
@@ -114,8 +112,6 @@ def test_two_straight_runs_are_bit_identical(straight_runs):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
-@pytest.mark.xfail(reason="OccupancyGrid.update with update_fraction < 1 writes repeated cells with a parallel "
-                          "index_put_ (a race with more than one thread); owned by rendering/", strict=False)
 def test_partial_grid_update_is_deterministic():
     import copy
 

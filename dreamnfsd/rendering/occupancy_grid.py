@@ -133,6 +133,8 @@ class OccupancyGrid(nn.Module):
             occupied = self.binaries.view(-1).nonzero()[:, 0]
             pick = torch.randint(0, max(1, occupied.numel()), (n,), generator=generator, device=device)
             cells = torch.cat([uniform, occupied[pick]]) if occupied.numel() else uniform
+            # Repeated cells would be written by a parallel index_put_ in no fixed order: keep each once.
+            cells = cells.unique()
         new = self._evaluate(cells, density_fn, generator)
         old = torch.where(torch.isinf(self.occs[cells]), torch.zeros_like(new), self.occs[cells])
         self.occs[cells] = torch.maximum(old * c.ema_decay, new)
