@@ -22,15 +22,21 @@ from dreamnfsd.eval.classifier import DEFAULT_DIR, ClassifierConfig, PrimitiveCl
 ELEVATION = (-10.0, 90.0)
 
 
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Mild photometric jitter, blur and noise so the classifier also reads slightly imperfect diffusion samples."""
+def augment(x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Jitter that keeps labels valid, so the classifier also reads imperfect diffusion samples.
+
+    x (B, 3, H, W) in [0, 1], mask (B, 1, H, W) coverage. Half the images get a light tinted background (early prior
+    samples drift off white), then brightness, occasional blur and grain.
+    """
     b = x.shape[0]
-    gain = 0.85 + 0.25 * torch.rand(b, 1, 1, 1, generator=g)
-    x = x * gain
+    tint = torch.rand(b, 1, 1, 1, generator=g) < 0.5
+    bg = 1 - 0.35 * torch.rand(b, 3, 1, 1, generator=g)
+    x = torch.where(tint, x + (1 - mask) * (bg - 1), x)
+    x = x * (0.85 + 0.25 * torch.rand(b, 1, 1, 1, generator=g))
     blur = torch.rand(b, generator=g) < 0.3
     if blur.any():
         x[blur] = F.avg_pool2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    x = x + 0.04 * torch.rand(b, 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)
+    x = x + 0.08 * torch.rand(b, 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)
     return x.clamp(0, 1)
 
 
@@ -78,7 +84,7 @@ def main() -> None:
         for group in opt.param_groups:
             group["lr"] = args.lr * 0.5 * (1 + torch.cos(torch.tensor(elapsed / total_s * torch.pi)).item())
         idx = torch.randint(n, (args.batch,), generator=g)
-        x = augment(train["rgb"][idx].float() / 255, g)
+        x = augment(train["rgb"][idx].float() / 255, train["mask"][idx].float() / 255, g)
         s, c = model(x)
         loss = F.cross_entropy(s, train["shape_idx"][idx]) + F.cross_entropy(c, train["color_idx"][idx])
         opt.zero_grad(set_to_none=True)
