@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--n-data", type=int, default=50_000)
+    p.add_argument("--min-snr-gamma", type=float, default=5.0,
+                   help="Min-SNR loss weight min(snr, gamma)/snr for epsilon (0 disables): the plain loss is dominated "
+                   "by small t and left large-t predictions, which set the image's mean colour, poorly trained")
     p.add_argument("--camera-drop", type=float, default=0.1)
     p.add_argument("--caption-drop", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
@@ -105,7 +108,9 @@ def export(args: argparse.Namespace, ema: PriorComponents, step: int, loss: floa
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     meta = {"train_steps": step, "final_loss": round(loss, 5), "seed": args.seed, "ema_decay": args.ema,
-            "batch_size": args.batch, "n_train_images": args.n_data}
+            "batch_size": args.batch, "n_train_images": args.n_data, "min_snr_gamma": args.min_snr_gamma,
+            "min_snr_from_step": args.min_snr_from_step,
+            "loss_note": "final_loss is the running mean of the (Min-SNR weighted) epsilon MSE"}
     save_components(ema, tmp, meta)
     (tmp / "README.md").write_text(model_card(meta))
     old = args.out.with_name(args.out.name + ".old")
@@ -132,14 +137,18 @@ on a white background. Pixel space (no VAE), 32x32 RGB in [-1, 1], epsilon predi
 - Vocabulary: {" ".join(VOCABULARY)}
 - Training: {meta["train_steps"]} steps at batch {meta["batch_size"]}, {meta["n_train_images"]} rendered images,
   AdamW, EMA {meta["ema_decay"]} (the export is the EMA), seed {meta["seed"]}; final loss {meta["final_loss"]}.
+- Loss: epsilon MSE with Min-SNR-{meta["min_snr_gamma"]} weighting from step {meta["min_snr_from_step"]} (the plain
+  MSE before it); the final loss above is the running mean of the weighted loss.
 
-Reproduce: `python scripts/train_builtin_prior.py --seed {meta["seed"]} --steps {meta["train_steps"]}`.
+Reproduce: `python scripts/train_builtin_prior.py --seed {meta["seed"]} --steps {meta["train_steps"]}` (with a
+non-zero start step above, first run `--min-snr-gamma 0 --steps <start>`, then `--resume`).
 Load: `dreamnfsd.guidance.priors.builtin.load_components(folder)`; sample with `builtin.sample(...)`.
 """
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    args.min_snr_from_step = 0
     start = time.time()
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -165,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
         g.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
         step, loss_avg = ck["step"], ck["loss_avg"]
+        # Runs before the Min-SNR option trained with the plain loss; remember where the weighting began.
+        args.min_snr_from_step = ck.get("min_snr_from_step", ck["args"].get("min_snr_gamma") is None and step or 0)
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
 
     def save_checkpoint() -> None:
@@ -172,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             "unet": model.unet.state_dict(), "text_encoder": model.text_encoder.state_dict(),
             "ema_unet": ema.unet.state_dict(), "ema_text_encoder": ema.text_encoder.state_dict(),
             "opt": opt.state_dict(), "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
-            "step": step, "loss_avg": loss_avg, "args": vars(args),
+            "step": step, "loss_avg": loss_avg, "args": vars(args), "min_snr_from_step": args.min_snr_from_step,
         }, ckpt_path)
 
     if args.steps <= step:
@@ -206,7 +217,12 @@ def main(argv: list[str] | None = None) -> None:
             text_emb = model.text_encoder(ids).last_hidden_state
             # Camera dropout zeroes the ray channels of some images: the "no camera" input of text-only calls.
             eps = predict_noise(model.unet, noisy, t, text_emb, camera, keep_cam)
-            loss = torch.nn.functional.mse_loss(eps, noise)
+            per_image = (eps - noise).square().mean(dim=(1, 2, 3))
+            if args.min_snr_gamma > 0:
+                ab = sched.alphas_cumprod[t]
+                snr = ab / (1 - ab)
+                per_image = per_image * snr.clamp(max=args.min_snr_gamma) / snr
+            loss = per_image.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -148,7 +148,7 @@ def sample(
 ) -> Tensor:
     """DDIM samples with classifier-free guidance. Returns (B, 3, 32, 32) in [0, 1]."""
     b = len(prompts)
-    sched = DDIMScheduler.from_config(components.scheduler.config, steps_offset=1, clip_sample=False)
+    sched = DDIMScheduler.from_config(components.scheduler.config, steps_offset=1, clip_sample=True)
     sched.set_timesteps(steps)
     cond = encode_prompts(components, prompts)
     uncond = encode_prompts(components, [negative_prompt] * b)
