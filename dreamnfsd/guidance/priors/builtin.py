@@ -145,8 +145,13 @@ def sample(
     guidance_scale: float = 6.0,
     negative_prompt: str = "",
     generator: torch.Generator | None = None,
+    eta: float = 1.0,
 ) -> Tensor:
-    """DDIM samples with classifier-free guidance. Returns (B, 3, 32, 32) in [0, 1]."""
+    """DDIM samples with classifier-free guidance. Returns (B, 3, 32, 32) in [0, 1].
+
+    ``eta=1`` (fresh noise each step) with clipped x0 estimates is the default: deterministic DDIM (``eta=0``) keeps
+    the large-t errors of this small prior (tinted backgrounds, leftover noise), the stochastic steps wash them out.
+    """
     b = len(prompts)
     sched = DDIMScheduler.from_config(components.scheduler.config, steps_offset=1, clip_sample=True)
     sched.set_timesteps(steps)
@@ -158,7 +163,7 @@ def sample(
         eps_u, eps_c = predict_noise(
             components.unet, torch.cat([x, x]), t.expand(2 * b), torch.cat([uncond, cond]), cam2
         ).chunk(2)
-        x = sched.step(eps_u + guidance_scale * (eps_c - eps_u), t, x).prev_sample
+        x = sched.step(eps_u + guidance_scale * (eps_c - eps_u), t, x, eta=eta, generator=generator).prev_sample
     return ((x.clamp(-1, 1) + 1) / 2).float()
 
 
