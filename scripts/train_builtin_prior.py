@@ -29,7 +29,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dreamnfsd.data import make_cameras, make_dataset  # noqa: E402
+from dreamnfsd.data import SHAPES, make_cameras, make_dataset  # noqa: E402
 from dreamnfsd.guidance.priors.builtin import (  # noqa: E402
     DEFAULT_DIR,
     MAX_LENGTH,
@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-snr-gamma", type=float, default=5.0,
                    help="Min-SNR loss weight min(snr, gamma)/snr for epsilon (0 disables): the plain loss is dominated "
                    "by small t and left large-t predictions, which set the image's mean colour, poorly trained")
+    p.add_argument("--cube-weight", type=float, default=2.0,
+                   help="sampling weight of cube images: the cube is the only shape whose look depends on azimuth, "
+                   "so it carries nearly all of the azimuth signal the camera channels must learn")
     p.add_argument("--camera-drop", type=float, default=0.1)
     p.add_argument("--caption-drop", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
@@ -109,7 +112,8 @@ def export(args: argparse.Namespace, ema: PriorComponents, step: int, loss: floa
     shutil.rmtree(tmp, ignore_errors=True)
     meta = {"train_steps": step, "final_loss": round(loss, 5), "seed": args.seed, "ema_decay": args.ema,
             "batch_size": args.batch, "n_train_images": args.n_data, "min_snr_gamma": args.min_snr_gamma,
-            "min_snr_from_step": args.min_snr_from_step,
+            "min_snr_from_step": args.min_snr_from_step, "cube_weight": args.cube_weight,
+            "cube_weight_from_step": args.cube_weight_from_step,
             "loss_note": "final_loss is the running mean of the (Min-SNR weighted) epsilon MSE"}
     save_components(ema, tmp, meta)
     (tmp / "README.md").write_text(model_card(meta))
@@ -139,6 +143,8 @@ on a white background. Pixel space (no VAE), 32x32 RGB in [-1, 1], epsilon predi
   AdamW, EMA {meta["ema_decay"]} (the export is the EMA), seed {meta["seed"]}; final loss {meta["final_loss"]}.
 - Loss: epsilon MSE with Min-SNR-{meta["min_snr_gamma"]} weighting from step {meta["min_snr_from_step"]} (the plain
   MSE before it); the final loss above is the running mean of the weighted loss.
+- Cube images drawn with weight {meta["cube_weight"]} from step {meta["cube_weight_from_step"]} (uniform before): the
+  cube carries the azimuth signal.
 
 Reproduce: `python scripts/train_builtin_prior.py --seed {meta["seed"]} --steps {meta["train_steps"]}` (with a
 non-zero start step above, first run `--min-snr-gamma 0 --steps <start>`, then `--resume`).
@@ -148,7 +154,7 @@ Load: `dreamnfsd.guidance.priors.builtin.load_components(folder)`; sample with `
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    args.min_snr_from_step = 0
+    args.min_snr_from_step = args.cube_weight_from_step = 0
     start = time.time()
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -174,8 +180,10 @@ def main(argv: list[str] | None = None) -> None:
         g.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
         step, loss_avg = ck["step"], ck["loss_avg"]
-        # Runs before the Min-SNR option trained with the plain loss; remember where the weighting began.
-        args.min_snr_from_step = ck.get("min_snr_from_step", ck["args"].get("min_snr_gamma") is None and step or 0)
+        # Runs before the Min-SNR / cube-weight options trained without them; remember where each began.
+        old = ck["args"]
+        args.min_snr_from_step = ck.get("min_snr_from_step", old.get("min_snr_gamma") is None and step or 0)
+        args.cube_weight_from_step = ck.get("cube_weight_from_step", old.get("cube_weight") is None and step or 0)
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
 
     def save_checkpoint() -> None:
@@ -184,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             "ema_unet": ema.unet.state_dict(), "ema_text_encoder": ema.text_encoder.state_dict(),
             "opt": opt.state_dict(), "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
             "step": step, "loss_avg": loss_avg, "args": vars(args), "min_snr_from_step": args.min_snr_from_step,
+            "cube_weight_from_step": args.cube_weight_from_step,
         }, ckpt_path)
 
     if args.steps <= step:
@@ -194,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     data = load_data(args, model)
     n = data["rgb"].shape[0]
     sched = model.scheduler
+    weights = 1.0 + (args.cube_weight - 1.0) * (data["shape_idx"] == SHAPES.index("cube")).float()
     n_params = sum(p.numel() for p in params)
     print(f"training {n_params / 1e6:.2f}M params on {n} images, from step {step}", flush=True)
     model.unet.train()
@@ -209,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
             lr = args.lr * min(1.0, (step + 1) / args.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
-            idx = torch.randint(n, (args.batch,), generator=g)
+            idx = torch.multinomial(weights, args.batch, replacement=True, generator=g)
             x0, ids, camera, keep_cam = make_batch(data, idx, args, g)
             noise = torch.randn(x0.shape, generator=g)
             t = torch.randint(sched.config.num_train_timesteps, (args.batch,), generator=g)

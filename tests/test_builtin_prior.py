@@ -37,15 +37,15 @@ def test_loads_offline_with_hf_classes_and_fits_budget():
     assert size <= 20 * 2**20, size
 
 
-def camera_mse(prior, yaw_deg: float, n: int = 24) -> float:
-    """Noise-prediction MSE at t=300 on cube renders at az 20 deg, given a camera yawed by ``yaw_deg``."""
+def camera_mse(prior, yaw_deg: float, n: int = 24, t_value: int = 300) -> float:
+    """Noise-prediction MSE at t_value on cube renders at az 20 deg, given a camera yawed by ``yaw_deg``."""
     g = torch.Generator().manual_seed(1)
     az = torch.full((n,), math.radians(20.0)) + torch.randn(n, generator=g) * 0.05
     el = torch.full((n,), math.radians(20.0))
     colors = [COLORS[i % len(COLORS)] for i in range(n)]
     rgb = render_primitives(["cube"] * n, colors, az, el, generator=g)["rgb"] * 2 - 1
     noise = torch.randn(rgb.shape, generator=g)
-    t = torch.full((n,), 300)
+    t = torch.full((n,), t_value)
     noisy = prior.scheduler.add_noise(rgb, noise, t)
     emb = encode_prompts(prior, [f"a {c} cube" for c in colors])
     camera = make_cameras(az + math.radians(yaw_deg), el, 32)
