@@ -38,7 +38,7 @@ from tests.conftest import REPO, tiny_run_overrides
 
 pytestmark = pytest.mark.slow
 
-STEPS, EVERY = 8, 2
+STEPS, EVERY = 12, 2  # room after the 4th interruption, which comes after the checkpoint at step 6
 # Shading (and its light RNG) from step 4 with normals and the orientation loss, a validation image every 4 steps,
 # occupancy-grid updates (with their jitter) every 3 steps from step 3, out of step with the checkpoints so a resume
 # lands between updates. (Not grid.update_fraction < 1: see test_partial_grid_update_is_deterministic.)
@@ -169,7 +169,7 @@ def test_killed_and_resumed_run_matches_a_straight_run(straight_runs, tiny_pixel
     run = tmp_path / "killed"
     plan = ["SIGKILL", "SIGKILL", "SIGKILL", "SIGTERM"]
     events = []
-    killed_after_completion = False
+    finished_early = False
     proc = _start(_fresh_args(tiny_pixel_prior, tmp_path, run))
     for sig in plan:
         start_step = _newest_step(run)
@@ -188,21 +188,20 @@ def test_killed_and_resumed_run_matches_a_straight_run(straight_runs, tiny_pixel
         if sig == "SIGKILL":
             assert proc.returncode == -signal.SIGKILL
         else:
-            assert proc.returncode in (143, 0), err[-3000:]  # 0: it had just finished training and exporting
-            if proc.returncode == 143:
-                assert f"dreamnfsd resume={run}" in err
+            # 0 or -15: the signal came as the run was finishing (after its handlers were removed); 143 during
+            # training (a checkpoint and the resume hint) or during export (an export hint). The signal paths
+            # themselves are tested in test_faults.py; here they only have to leave a resumable run.
+            assert proc.returncode in (143, 0, -signal.SIGTERM), err[-3000:]
         status = json.loads((run / "run.json").read_text())
-        if proc.returncode == 143:
+        if proc.returncode == 143 and f"dreamnfsd resume={run}" in err:
             assert status["status"] == "interrupted" and status["step"] == _newest_step(run)
-        elif proc.returncode == -signal.SIGKILL:
-            # What a killed run leaves behind; "completed" when the kill landed after the final status was written
-            # but before the process exited: then there is nothing left to resume.
-            assert status["status"] in ("running", "exporting", "completed")
-            if status["status"] == "completed":
-                killed_after_completion = True
-                break
+        if status["status"] == "completed":  # the signal landed after the run had finished: nothing to resume
+            finished_early = True
+            break
+        if proc.returncode == -signal.SIGKILL:
+            assert status["status"] in ("running", "exporting")  # what a killed run leaves behind
         proc = _start([f"resume={run}"])  # the printed resume command, nothing else
-    if not killed_after_completion:
+    if not finished_early:
         _finish(proc)
     assert sum(rc == -signal.SIGKILL for _, rc, _ in events) >= 3, events
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
