@@ -89,6 +89,20 @@ _PERIODS = {"train.val_every": "0 disables validation images", "train.ckpt_every
             "train.num_threads": "0 keeps torch's default"}
 
 
+# Tuple-typed fields and an example value for each, used in their error messages.
+PAIR_EXAMPLES = {"guidance.t_range": "[0.02,0.98]", "camera.elevation_range": "[-10,45]",
+                 "camera.azimuth_range": "[-180,180]", "camera.distance_range": "[3,3]", "camera.fov_range": "[40,40]",
+                 "train.light_distance_range": "[0.8,1.5]"}
+
+
+def check_t_range(value) -> tuple[float, float]:
+    """``guidance.t_range`` as (low, high) with 0 < low < high < 1, or :class:`UserError`."""
+    lo, hi = check_pair(value, "guidance.t_range", PAIR_EXAMPLES["guidance.t_range"])
+    _require(0.0 < lo < hi < 1.0, "guidance.t_range",
+             f"must satisfy 0 < t_min < t_max < 1, got [{lo}, {hi}] (e.g. guidance.t_range=[0.02,0.98])")
+    return lo, hi
+
+
 def validate(cfg: RunConfig) -> None:
     """Semantic checks that the schema cannot express. Raises :class:`UserError`."""
     _require(isinstance(cfg.prompt, str) and cfg.prompt.strip() != "" and cfg.prompt != "???", "prompt",
@@ -108,19 +122,16 @@ def validate(cfg: RunConfig) -> None:
     factor = cfg.train.rollback_lr_factor
     _require(0 < factor <= 1, "train.rollback_lr_factor",
              f"must be in (0, 1] (learning rates are multiplied by it on each NaN rollback), got {factor}")
-    lo, hi = check_pair(cfg.guidance.t_range, "guidance.t_range", "[0.02,0.98]")
-    _require(0.0 < lo < hi < 1.0, "guidance.t_range",
-             f"must satisfy 0 < t_min < t_max < 1, got [{lo}, {hi}] (e.g. guidance.t_range=[0.02,0.98])")
+    check_t_range(cfg.guidance.t_range)
     scale = cfg.guidance.guidance_scale
     _require(scale is None or (math.isfinite(scale) and scale > 0), "guidance.guidance_scale",
              f"must be > 0, got {scale} (NFSD uses about 7.5, SDS about 100)")
-    for key, example in (("camera.elevation_range", "[-10,45]"), ("camera.azimuth_range", "[-180,180]"),
-                         ("camera.distance_range", "[3,3]"), ("camera.fov_range", "[40,40]")):
-        a, b = check_pair(getattr(cfg.camera, key.split(".")[1]), key, example)
+    for key in ("camera.elevation_range", "camera.azimuth_range", "camera.distance_range", "camera.fov_range"):
+        a, b = check_pair(getattr(cfg.camera, key.split(".")[1]), key, PAIR_EXAMPLES[key])
         _require(a <= b, key, f"must be [low, high] with low <= high, got [{a}, {b}]")
-    a, b = check_pair(cfg.camera.distance_range, "camera.distance_range", "[3,3]")
+    a, b = check_pair(cfg.camera.distance_range, "camera.distance_range", PAIR_EXAMPLES["camera.distance_range"])
     _require(a > 0, "camera.distance_range", f"must be positive distances, got [{a}, {b}]")
-    a, b = check_pair(cfg.camera.fov_range, "camera.fov_range", "[40,40]")
+    a, b = check_pair(cfg.camera.fov_range, "camera.fov_range", PAIR_EXAMPLES["camera.fov_range"])
     _require(a > 0 and b < 180, "camera.fov_range", f"must lie inside (0, 180) degrees, got [{a}, {b}]")
     for key in ("train.albedo_ratio", "train.textureless_ratio"):
         value = getattr(cfg.train, key.split(".")[1])

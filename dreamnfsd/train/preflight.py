@@ -48,25 +48,21 @@ def compose(overrides: list[str], config_dir: Path):
         raise UserError(f"config: {_one_line(e)}") from e
 
 
-# Tuple-typed fields: checked on the raw config, before the dataclasses (whose __post_init__ unpacks them) see them.
-_PAIRS = {"guidance.t_range": "[0.02,0.98]", "camera.elevation_range": "[-10,45]",
-          "camera.azimuth_range": "[-180,180]", "camera.distance_range": "[3,3]", "camera.fov_range": "[40,40]",
-          "train.light_distance_range": "[0.8,1.5]"}
-
-
 def _check_pairs(dcfg) -> None:
+    """Tuple-typed fields, checked on the raw config before the dataclasses (whose __post_init__ unpacks them)."""
     from omegaconf import OmegaConf
 
-    from dreamnfsd.config import check_pair
+    from dreamnfsd.config import PAIR_EXAMPLES, check_pair, check_t_range
 
-    for key, example in _PAIRS.items():
+    for key, example in PAIR_EXAMPLES.items():
         value = OmegaConf.select(dcfg, key, default=None)
         if value is None:
             continue
-        lo, hi = check_pair(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value, key, example)
-        if key == "guidance.t_range" and not 0.0 < lo < hi < 1.0:
-            raise UserError(f"guidance.t_range: must satisfy 0 < t_min < t_max < 1, got [{lo}, {hi}] "
-                            "(e.g. guidance.t_range=[0.02,0.98])")
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        if key == "guidance.t_range":
+            check_t_range(value)
+        else:
+            check_pair(value, key, example)
 
 
 def to_run_config(dcfg):
