@@ -14,8 +14,9 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 # Compute capabilities to compile for (A100 80, A10/RTX30 86, L4/RTX40 89, H100 90); the build machine needs no GPU.
 ARG TCNN_CUDA_ARCHITECTURES="80;86;89;90"
-# tiny-cuda-nn has no releases on PyPI; pin a commit here for reproducible images.
-ARG TCNN_REF=master
+# tiny-cuda-nn has no releases on PyPI; its v2.0 tag (the one conda-forge packages) builds against CUDA 12.8.
+# Override with a commit for newer fixes (e.g. CUDA 13 support landed after v2.0).
+ARG TCNN_REF=v2.0
 ARG NERFACC_VERSION=0.5.3
 # Parallel nvcc jobs: each can take several GB of RAM while compiling tiny-cuda-nn.
 ARG MAX_JOBS=4

@@ -86,7 +86,7 @@ def summary_markdown(rows: list[dict], sweep_dir: Path | None = None) -> str:
 
 
 def write_summary(sweep_dir: Path) -> list[dict]:
-    from dreamnfsd.train.checkpoint import atomic_write_bytes
+    from dreamnfsd.utils.files import atomic_write_bytes
 
     rows = collect_runs(sweep_dir)
     atomic_write_bytes((json.dumps(rows, indent=2) + "\n").encode(), Path(sweep_dir, "summary.json"))

@@ -33,9 +33,11 @@ from dreamnfsd.data import SHAPES, make_cameras, make_dataset  # noqa: E402
 from dreamnfsd.guidance.priors.builtin import (  # noqa: E402
     DEFAULT_DIR,
     MAX_LENGTH,
+    POSE_HARMONICS,
     VOCABULARY,
     PriorComponents,
     build_builtin_pipeline_components,
+    camera_mse,
     predict_noise,
     save_components,
 )
@@ -57,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cube-weight", type=float, default=2.0,
                    help="sampling weight of cube images: the cube is the only shape whose look depends on azimuth, "
                    "so it carries nearly all of the azimuth signal the camera channels must learn")
+    p.add_argument("--pose-harmonics", type=int, default=POSE_HARMONICS,
+                   help="azimuth harmonics of the UNet's global camera pose embedding (0: ray channels only)")
+    p.add_argument("--pose-lr-mult", type=float, default=3.0,
+                   help="learning-rate multiplier of the pose embedding (added late to a trained UNet, it starts at 0)")
     p.add_argument("--camera-drop", type=float, default=0.1)
     p.add_argument("--caption-drop", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
@@ -106,6 +112,22 @@ def make_batch(data: dict, idx: torch.Tensor, args: argparse.Namespace, g: torch
     return x0, ids, camera, keep_cam
 
 
+def split_params(components: PriorComponents) -> tuple[list, list]:
+    """(everything but the pose embedding, the pose embedding): checkpoints from before the embedding hold only the
+    first list, in this order."""
+    named = list(components.unet.named_parameters())
+    base = [p for n, p in named if not n.startswith("class_embedding.")]
+    pose = [p for n, p in named if n.startswith("class_embedding.")]
+    return base + list(components.text_encoder.parameters()), pose
+
+
+def camera_diagnostic(components: PriorComponents) -> str:
+    components.unet.eval()
+    true, yawed = camera_mse(components, 0.0), camera_mse(components, 45.0)
+    components.unet.train()
+    return f"camera MSE true {true:.5f} yawed-45 {yawed:.5f} ratio {yawed / true:.3f}"
+
+
 def export(args: argparse.Namespace, ema: PriorComponents, step: int, loss: float) -> None:
     """Write the EMA model to ``args.out`` through a temporary folder so a complete export is always on disk."""
     tmp = args.out.with_name(args.out.name + ".tmp")
@@ -113,7 +135,8 @@ def export(args: argparse.Namespace, ema: PriorComponents, step: int, loss: floa
     meta = {"train_steps": step, "final_loss": round(loss, 5), "seed": args.seed, "ema_decay": args.ema,
             "batch_size": args.batch, "n_train_images": args.n_data, "min_snr_gamma": args.min_snr_gamma,
             "min_snr_from_step": args.min_snr_from_step, "cube_weight": args.cube_weight,
-            "cube_weight_from_step": args.cube_weight_from_step,
+            "cube_weight_from_step": args.cube_weight_from_step, "pose_harmonics": args.pose_harmonics,
+            "pose_from_step": args.pose_from_step,
             "loss_note": "final_loss is the running mean of the (Min-SNR weighted) epsilon MSE"}
     save_components(ema, tmp, meta)
     (tmp / "README.md").write_text(model_card(meta))
@@ -134,6 +157,10 @@ on a white background. Pixel space (no VAE), 32x32 RGB in [-1, 1], epsilon predi
 
 - UNet input: 6 channels = 3 noisy RGB + 3 per-pixel world ray directions
   (`dreamnfsd.cameras.ray_direction_channels`; zeros = no camera, used for 10% of training images).
+- Camera pose embedding: `dreamnfsd.cameras.camera_pose_features` (sin/cos of k*azimuth for
+  k = 1..{meta["pose_harmonics"]}, sin/cos elevation) through diffusers' `class_embed_type="projection"`, added to
+  the timestep embedding; zeroed with the ray channels when the camera is dropped. Added (zero-initialised) at
+  step {meta["pose_from_step"]}.
 - Cameras: distance 3, vertical fov 40 degrees, azimuth 0-360, elevation -10 to 45 degrees, z-up world.
   The cube is axis-aligned and cylinder, cone and torus stand along z, so the prior knows their orientation.
 - Text: captions "a <colour> <shape>", 10% dropped to "" for classifier-free guidance; about 15% of images are
@@ -154,29 +181,39 @@ Load: `dreamnfsd.guidance.priors.builtin.load_components(folder)`; sample with `
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    args.min_snr_from_step = args.cube_weight_from_step = 0
+    args.min_snr_from_step = args.cube_weight_from_step = args.pose_from_step = 0
     start = time.time()
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.work_dir / f"prior_ckpt_seed{args.seed}.pt"
     log_path = args.work_dir / f"prior_loss_seed{args.seed}.csv"
 
-    model = build_builtin_pipeline_components(args.seed)
+    model = build_builtin_pipeline_components(args.seed, args.pose_harmonics)
     ema = copy.deepcopy(model)
-    params = list(model.unet.parameters()) + list(model.text_encoder.parameters())
-    ema_params = list(ema.unet.parameters()) + list(ema.text_encoder.parameters())
+    base, pose = split_params(model)
+    params, ema_params = base + pose, sum(split_params(ema), [])
     for p in ema_params:
         p.requires_grad_(False)
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(base, lr=args.lr, weight_decay=0.01)
+    pose_group = {"params": pose, "lr_mult": args.pose_lr_mult}
     g = torch.Generator().manual_seed(args.seed)
     step, loss_avg = 0, float("nan")
     if args.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
-        model.unet.load_state_dict(ck["unet"])
+        # A checkpoint from before the pose embedding lacks exactly its weights; they keep their zero init.
+        adding_pose = bool(pose) and not any(k.startswith("class_embedding.") for k in ck["unet"])
+        for target, key in ((model.unet, "unet"), (ema.unet, "ema_unet")):
+            missing, unexpected = target.load_state_dict(ck[key], strict=not adding_pose)
+            assert not unexpected and all(k.startswith("class_embedding.") for k in missing), (missing, unexpected)
         model.text_encoder.load_state_dict(ck["text_encoder"])
-        ema.unet.load_state_dict(ck["ema_unet"])
         ema.text_encoder.load_state_dict(ck["ema_text_encoder"])
-        opt.load_state_dict(ck["opt"])
+        if adding_pose:
+            opt.load_state_dict(ck["opt"])
+            opt.add_param_group(pose_group)
+        else:
+            if pose:
+                opt.add_param_group(pose_group)
+            opt.load_state_dict(ck["opt"])
         g.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
         step, loss_avg = ck["step"], ck["loss_avg"]
@@ -184,7 +221,11 @@ def main(argv: list[str] | None = None) -> None:
         old = ck["args"]
         args.min_snr_from_step = ck.get("min_snr_from_step", old.get("min_snr_gamma") is None and step or 0)
         args.cube_weight_from_step = ck.get("cube_weight_from_step", old.get("cube_weight") is None and step or 0)
-        print(f"resumed from {ckpt_path} at step {step}", flush=True)
+        args.pose_from_step = step if adding_pose else ck.get("pose_from_step", 0)
+        print(f"resumed from {ckpt_path} at step {step}" + (" (pose embedding added)" if adding_pose else ""),
+              flush=True)
+    elif pose:
+        opt.add_param_group(pose_group)
 
     def save_checkpoint() -> None:
         _atomic_save({
@@ -192,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
             "ema_unet": ema.unet.state_dict(), "ema_text_encoder": ema.text_encoder.state_dict(),
             "opt": opt.state_dict(), "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
             "step": step, "loss_avg": loss_avg, "args": vars(args), "min_snr_from_step": args.min_snr_from_step,
-            "cube_weight_from_step": args.cube_weight_from_step,
+            "cube_weight_from_step": args.cube_weight_from_step, "pose_from_step": args.pose_from_step,
         }, ckpt_path)
 
     if args.steps <= step:
@@ -218,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         while step < args.steps and (time.time() - start) / 60 < args.max_minutes and not stop["flag"]:
             lr = args.lr * min(1.0, (step + 1) / args.warmup)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_mult", 1.0)
             idx = torch.multinomial(weights, args.batch, replacement=True, generator=g)
             x0, ids, camera, keep_cam = make_batch(data, idx, args, g)
             noise = torch.randn(x0.shape, generator=g)
@@ -254,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
                 last_ckpt = time.time()
             if args.export_every and step % args.export_every == 0:
                 export(args, ema, step, loss_avg)
-                print(f"exported step {step} to {args.out}", flush=True)
+                print(f"exported step {step} to {args.out}; EMA {camera_diagnostic(ema)}", flush=True)
     save_checkpoint()
     export(args, ema, step, loss_avg)
     print(f"done: step {step} loss {loss_avg:.4f}; exported to {args.out}", flush=True)

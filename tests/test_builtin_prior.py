@@ -11,9 +11,9 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from dreamnfsd.data import COLORS, SHAPES, make_cameras, render_primitives
+from dreamnfsd.data import COLORS, SHAPES, make_cameras
 from dreamnfsd.eval import classify, load_classifier
-from dreamnfsd.guidance.priors.builtin import DEFAULT_DIR, encode_prompts, load_components, predict_noise, sample
+from dreamnfsd.guidance.priors.builtin import DEFAULT_DIR, camera_mse, load_components, sample
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytestmark = pytest.mark.skipif(not (DEFAULT_DIR / "unet").exists(), reason="built-in prior not exported yet")
@@ -35,23 +35,6 @@ def test_loads_offline_with_hf_classes_and_fits_budget():
     assert tok("a red cube").input_ids[1:-1] != [tok.unk_token_id] * 3
     size = sum(p.stat().st_size for p in Path(DEFAULT_DIR).rglob("*.safetensors"))
     assert size <= 20 * 2**20, size
-
-
-def camera_mse(prior, yaw_deg: float, n: int = 24, t_value: int = 300) -> float:
-    """Noise-prediction MSE at t_value on cube renders at az 20 deg, given a camera yawed by ``yaw_deg``."""
-    g = torch.Generator().manual_seed(1)
-    az = torch.full((n,), math.radians(20.0)) + torch.randn(n, generator=g) * 0.05
-    el = torch.full((n,), math.radians(20.0))
-    colors = [COLORS[i % len(COLORS)] for i in range(n)]
-    rgb = render_primitives(["cube"] * n, colors, az, el, generator=g)["rgb"] * 2 - 1
-    noise = torch.randn(rgb.shape, generator=g)
-    t = torch.full((n,), t_value)
-    noisy = prior.scheduler.add_noise(rgb, noise, t)
-    emb = encode_prompts(prior, [f"a {c} cube" for c in colors])
-    camera = make_cameras(az + math.radians(yaw_deg), el, 32)
-    with torch.no_grad():
-        eps = predict_noise(prior.unet, noisy, t, emb, camera)
-    return (eps - noise).square().mean().item()
 
 
 # Known unmet (issue 4 stays open): the shipped prior has 1,297 training steps and does not use the camera yet

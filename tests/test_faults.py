@@ -21,17 +21,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import dreamnfsd.train.checkpoint as checkpoint_mod
+import dreamnfsd.utils.files as files_mod
 from dreamnfsd.cli import config_dir, main
 from dreamnfsd.train.checkpoint import (
-    OutputWriteError,
-    atomic_write_bytes,
     list_checkpoints,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
 )
 from dreamnfsd.train.preflight import compose, to_run_config
+from dreamnfsd.utils.files import OutputWriteError, atomic_write_bytes
 from tests.conftest import REPO, tiny_run_overrides
 
 PROMPT = "a red cube"
@@ -201,7 +200,7 @@ def _patch_writer(monkeypatch, when, budget: int, error: BaseException):
         f = open(path, mode, *args, **kwargs)  # noqa: SIM115 (handed to the caller's with-block)
         return _FailingFile(f, budget, error) if "w" in mode and when(Path(path)) else f
 
-    monkeypatch.setattr(checkpoint_mod, "open", fake_open, raising=False)
+    monkeypatch.setattr(files_mod, "open", fake_open, raising=False)
 
 
 def _enospc():
@@ -246,8 +245,8 @@ def test_unwritable_folder_is_a_clear_error(tmp_path):
         atomic_write_bytes(b"data", blocker / "checkpoints" / "step_000001.pt")
 
 
-def test_a_writer_killed_mid_write_leaves_the_old_file_and_a_stale_temp_that_is_cleaned(tmp_path, monkeypatch):
-    class Killed(BaseException):  # not an OSError: nothing cleans up, as after SIGKILL
+def test_an_interrupted_write_keeps_the_old_file_and_a_dead_writers_temp_is_cleaned(tmp_path, monkeypatch):
+    class Killed(BaseException):  # not an OSError, like KeyboardInterrupt
         pass
 
     state = {"step": 2, "prompt": PROMPT, "config": {}, "scene": {"w": torch.ones(5000)}, "optimizer": {}}
@@ -258,8 +257,8 @@ def test_a_writer_killed_mid_write_leaves_the_old_file_and_a_stale_temp_that_is_
         save_checkpoint({**state, "step": 4}, tmp_path, 4)
     monkeypatch.undo()
     folder = tmp_path / "checkpoints"
-    (stale,) = [p for p in folder.iterdir() if p.name.startswith(".step_000004.pt.tmp-")]
-    stale.rename(folder / ".step_000004.pt.tmp-999999")  # as if left by another, dead, process
+    assert sorted(p.name for p in folder.iterdir()) == ["step_000002.pt"]  # the interrupted writer cleaned up
+    (folder / ".step_000004.pt.tmp-999999.pt").write_bytes(b"half")  # as left by a SIGKILLed process
     assert first.read_bytes() == good and resolve_checkpoint(str(tmp_path)) == first
     save_checkpoint({**state, "step": 4}, tmp_path, 4)
     assert sorted(p.name for p in folder.iterdir()) == ["step_000002.pt", "step_000004.pt"]
@@ -268,7 +267,7 @@ def test_a_writer_killed_mid_write_leaves_the_old_file_and_a_stale_temp_that_is_
 _KILL_WRITER = """
 import sys
 from pathlib import Path
-from dreamnfsd.train.checkpoint import atomic_write_bytes
+from dreamnfsd.utils.files import atomic_write_bytes
 path, i = Path(sys.argv[1]), 0
 print("ready", flush=True)
 while True:
@@ -398,3 +397,61 @@ def test_first_signal_saves_and_says_how_to_resume_second_exits_at_once(tiny_pix
             assert f"{name} again: exiting now without saving." in err, err[-2000:]
             assert list_checkpoints(run) == []
             assert json.loads((run / "run.json").read_text())["status"] == "running"  # what a kill leaves
+
+
+def test_export_writes_are_atomic(tmp_path, monkeypatch):
+    """A video, image or mesh write that dies half-way keeps the previous file and leaves no temp file."""
+    import imageio.v2 as imageio
+    import trimesh
+
+    from dreamnfsd.export.mesh import write_meshes
+    from dreamnfsd.export.video import write_image, write_video
+
+    video, image = write_video(torch.zeros(4, 16, 16, 3), tmp_path / "t.mp4", 8), write_image(
+        torch.zeros(8, 8, 3), tmp_path / "v.png")
+    meshes = write_meshes(trimesh.creation.box(), tmp_path)
+    before = {p: p.read_bytes() for p in [video, image, *meshes]}
+
+    def dies(path, *args, **kwargs):
+        Path(path).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(imageio, "mimwrite", dies)
+    monkeypatch.setattr(imageio, "imwrite", dies)
+    monkeypatch.setattr(trimesh.Trimesh, "export", lambda self, path, **kw: dies(path))
+    writes = (lambda: write_video(torch.ones(4, 16, 16, 3), video, 8), lambda: write_image(torch.ones(8, 8, 3), image),
+              lambda: write_meshes(trimesh.creation.icosphere(), tmp_path))
+    for write in writes:
+        with pytest.raises(OutputWriteError, match="the disk is full.*re-export with dreamnfsd-export"):
+            write()
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in before)
+
+
+_HOLD_LOCK = """
+import sys, time
+from dreamnfsd.utils.files import run_lock
+with run_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path):
+    """While one process trains a run, a second resume of it is refused in one line; once the holder dies (even by
+    SIGKILL) the run can be taken again, and a clean release leaves no lock file behind."""
+    from dreamnfsd.utils.errors import UserError
+    from dreamnfsd.utils.files import LOCK_NAME, run_lock
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"locked"
+        busy = rf"resume: .* is being trained by another dreamnfsd process \(pid {proc.pid}\)"
+        with pytest.raises(UserError, match=busy), run_lock(tmp_path):
+            pass
+    finally:
+        proc.kill()
+        proc.wait()
+    with run_lock(tmp_path):
+        assert (tmp_path / LOCK_NAME).exists()
+    assert not (tmp_path / LOCK_NAME).exists()

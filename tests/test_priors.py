@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dreamnfsd.guidance.priors as priors_pkg
-from dreamnfsd.cameras import CameraBatch
+from dreamnfsd.cameras import CameraBatch, camera_pose_features
 from dreamnfsd.guidance import Guidance, GuidanceConfig
 from dreamnfsd.guidance.priors import PixelPrior, PriorConfig, StableDiffusionPrior, check_prior, load_prior
 from dreamnfsd.guidance.priors.base import model_output_to_eps
@@ -39,6 +39,7 @@ def pixel_folders(tmp_path_factory):
     return {
         "plain": build_tiny_pixel_prior(tmp_path_factory.mktemp("px"), camera=False),
         "camera": build_tiny_pixel_prior(tmp_path_factory.mktemp("px_cam"), camera=True),
+        "pose": build_tiny_pixel_prior(tmp_path_factory.mktemp("px_pose"), camera=True, pose_harmonics=4),
         "vocab": build_tiny_pixel_prior(tmp_path_factory.mktemp("px_vocab"), vocabulary=VOCAB),
     }
 
@@ -249,3 +250,41 @@ def test_sd_prior_fp16_on_cuda(sd_folder):
     out = guidance(rgb, cams([0.0, 90.0], res=32).to("cuda"), torch.Generator().manual_seed(0))
     out.loss.backward()
     assert out.grad.dtype == torch.float32 and torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+
+
+def test_camera_pose_features():
+    feats = camera_pose_features(cams([30.0, 120.0]), 2, harmonics=4)
+    assert feats.shape == (2, 10)
+    az, el = torch.deg2rad(torch.tensor([30.0, 120.0])), torch.tensor([0.3, 0.3])
+    k = torch.arange(1, 5)
+    want = torch.cat([(az[:, None] * k).sin(), (az[:, None] * k).cos(), el.sin()[:, None], el.cos()[:, None]], -1)
+    torch.testing.assert_close(feats, want, atol=1e-5, rtol=0)
+    # The 4th harmonic repeats every 90 degrees, as an axis-aligned cube does; the 1st does not.
+    a, b = camera_pose_features(cams([10.0, 100.0]), 2)
+    torch.testing.assert_close(a[[3, 7]], b[[3, 7]], atol=1e-5, rtol=0)
+    assert not torch.allclose(a[[0, 4]], b[[0, 4]])
+    assert camera_pose_features(None, 3).eq(0).all() and camera_pose_features(None, 3).shape == (3, 10)
+
+
+def test_pose_embedding_prior_uses_the_camera_through_the_shared_unet_call(pixel_folders):
+    """A UNet with ray channels and a pose embedding: the camera (also its azimuth alone) changes the prediction,
+    and the app's prior and the built-in training/sampling helper run the very same forward."""
+    from dreamnfsd.guidance.priors.builtin import predict_noise as builtin_predict_noise
+    from dreamnfsd.guidance.priors.pixel import pose_harmonics
+
+    prior = PixelPrior.from_pretrained(str(pixel_folders["pose"]))
+    assert prior.camera_aware and pose_harmonics(prior.unet) == 4
+    torch.nn.init.normal_(prior.unet.class_embedding.linear_2.weight, std=0.5)  # make the embedding's effect large
+    x_t, t, emb = torch.randn(2, 3, 16, 16), torch.tensor([300, 300]), prior.encode_text(["a red cube"] * 2)
+    front, side, none = (prior.predict_noise(x_t, t, emb, c) for c in (cams([0.0, 0.0]), cams([90.0, 90.0]), None))
+    assert not torch.allclose(front, side) and not torch.allclose(front, none)
+    torch.testing.assert_close(builtin_predict_noise(prior.unet, x_t, t, emb, cams([0.0, 0.0])), front)
+    dropped = builtin_predict_noise(prior.unet, x_t, t, emb, cams([0.0, 0.0]), keep_camera=torch.zeros(2))
+    torch.testing.assert_close(dropped, none)
+
+
+def test_pose_embedding_without_camera_conditioning_is_a_one_line_error(tmp_path):
+    folder = build_tiny_pixel_prior(tmp_path / "pose_no_spec", camera=False, pose_harmonics=4)
+    with pytest.raises(UserError) as exc:
+        PixelPrior.from_pretrained(str(folder))
+    assert_one_line_user_error(exc, "prior.model", "camera pose embedding", "camera_conditioning")

@@ -62,10 +62,12 @@ def _save_text_side(folder: Path) -> None:
     CLIPTextModel(config).save_pretrained(folder / "text_encoder")
 
 
-def _tiny_unet(in_channels: int, out_channels: int, sample_size: int):
+def _tiny_unet(in_channels: int, out_channels: int, sample_size: int, pose_harmonics: int = 0):
     from diffusers import UNet2DConditionModel
 
+    pose = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": 2 * pose_harmonics + 2}
     return UNet2DConditionModel(
+        **(pose if pose_harmonics else {}),
         sample_size=sample_size, in_channels=in_channels, out_channels=out_channels, layers_per_block=1,
         block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM, attention_head_dim=8,
@@ -109,12 +111,14 @@ def build_tiny_pixel_prior(
     vocabulary: list[str] | None = None,
     resolution: int = 16,
     seed: int = 0,
+    pose_harmonics: int = 0,
 ) -> Path:
-    """Write a tiny random pixel prior: UNet 3 -> 3 channels (6 -> 3 with ``camera``: ray directions appended)."""
+    """Write a tiny random pixel prior: UNet 3 -> 3 channels (6 -> 3 with ``camera``: ray directions appended), and
+    with ``pose_harmonics`` a camera pose embedding."""
     folder = Path(folder)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        _tiny_unet(6 if camera else 3, 3, sample_size=resolution).save_pretrained(folder / "unet")
+        _tiny_unet(6 if camera else 3, 3, resolution, pose_harmonics).save_pretrained(folder / "unet")
         _save_text_side(folder)
     _save_scheduler(folder, "ddpm")
     spec = {

@@ -162,3 +162,23 @@ def ray_direction_channels(camera: CameraBatch | None, batch_size: int, resoluti
         return torch.zeros(batch_size, 3, resolution, resolution)
     _, dirs = generate_rays(camera.c2w, camera.fov, resolution, resolution)
     return dirs.permute(0, 3, 1, 2).contiguous()
+
+
+def camera_pose_features(camera: CameraBatch | None, batch_size: int, harmonics: int = 4) -> Tensor:
+    """Azimuth harmonics and elevation of each camera centre, the global camera input of camera-aware priors.
+
+    Features are ``sin(k az), cos(k az)`` for k = 1..harmonics, then ``sin el, cos el``, read from the camera centre
+    in ``c2w`` (so jittered or hand-made cameras agree with their pose). Harmonics up to 4 matter because an
+    axis-aligned cube looks the same every 90 degrees: its azimuth signal sits at 4 az, which a network fed only
+    ``sin az, cos az`` has to synthesise and, in practice, did not. ``None`` gives zeros (camera dropped).
+
+    Returns (B, 2 * harmonics + 2).
+    """
+    if camera is None:
+        return torch.zeros(batch_size, 2 * harmonics + 2)
+    eye = camera.c2w[:, :3, 3].float()
+    az = torch.atan2(eye[:, 1], eye[:, 0])
+    el = torch.asin((eye[:, 2] / eye.norm(dim=-1).clamp(min=1e-8)).clamp(-1, 1))
+    k = torch.arange(1, harmonics + 1, device=eye.device, dtype=eye.dtype)
+    ka = az[:, None] * k
+    return torch.cat([ka.sin(), ka.cos(), el.sin()[:, None], el.cos()[:, None]], dim=-1)

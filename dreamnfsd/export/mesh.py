@@ -10,6 +10,9 @@ import torch
 from torch import Tensor
 
 from dreamnfsd.utils.errors import UserError
+from dreamnfsd.utils.files import atomic_output
+
+_KEPT = "the run's checkpoints are intact; re-export with dreamnfsd-export"
 
 
 class EmptySurfaceError(UserError):
@@ -86,10 +89,11 @@ def extract_mesh(
 
 
 def write_meshes(mesh, out_dir: Path, stem: str = "mesh") -> list[Path]:
-    """Write ``stem``.obj, .ply and .glb under ``out_dir``; returns the paths."""
+    """Write ``stem``.obj, .ply and .glb under ``out_dir``, each atomically; returns the paths."""
     paths = []
     for ext in ("obj", "ply", "glb"):
         path = Path(out_dir) / f"{stem}.{ext}"
-        mesh.export(path)
+        with atomic_output(path, _KEPT) as tmp:
+            mesh.export(tmp, file_type=ext)
         paths.append(path)
     return paths

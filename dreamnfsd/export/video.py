@@ -8,6 +8,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dreamnfsd.utils.files import atomic_output
+
+_KEPT = "the run's checkpoints are intact; re-export with dreamnfsd-export"
+
 
 def to_uint8(image: Tensor) -> np.ndarray:
     """(..., H, W, C) float in [0, 1] -> uint8 numpy; a single channel is repeated to RGB."""
@@ -30,14 +34,15 @@ def write_video(frames: Tensor, path: Path, fps: int) -> Path:
     """Write (N, H, W, 3) frames in [0, 1] as an H.264 mp4 (imageio-ffmpeg ships its own ffmpeg)."""
     import imageio.v2 as imageio
 
-    # macro_block_size=1 keeps odd sizes as they are instead of silently resizing them.
-    imageio.mimwrite(path, list(to_uint8(frames)), fps=fps, macro_block_size=1, quality=8)
+    with atomic_output(Path(path), _KEPT) as tmp:
+        # macro_block_size=1 keeps odd sizes as they are instead of silently resizing them.
+        imageio.mimwrite(tmp, list(to_uint8(frames)), fps=fps, macro_block_size=1, quality=8)
     return Path(path)
 
 
 def write_image(image: Tensor, path: Path) -> Path:
     import imageio.v2 as imageio
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    imageio.imwrite(path, to_uint8(image))
+    with atomic_output(Path(path), _KEPT) as tmp:
+        imageio.imwrite(tmp, to_uint8(image))
     return Path(path)

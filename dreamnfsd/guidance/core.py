@@ -56,6 +56,7 @@ class GuidanceConfig:
         if self.t_anneal_schedule not in ANNEAL_SCHEDULES:
             raise UserError(f"guidance.t_anneal_schedule: {self.t_anneal_schedule!r} is not linear or sqrt")
         lo, hi = self.t_range
+        # Looser than the app's config.check_t_range on purpose: library callers may pin t (low == high).
         if not 0.0 <= lo <= hi <= 1.0:
             raise UserError(f"guidance.t_range: {tuple(self.t_range)} must satisfy 0 <= low <= high <= 1")
         if self.t_anneal and not lo <= self.t_anneal_end <= hi:

@@ -1,74 +1,19 @@
-"""Crash-safe checkpoints: atomic writes (temp file, fsync, rename) and careful loading."""
+"""Crash-safe checkpoints: atomic writes (:mod:`dreamnfsd.utils.files`) and careful loading."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
-import os
 import re
 from pathlib import Path
 
 import torch
 
 from dreamnfsd.utils.errors import UserError
+from dreamnfsd.utils.files import atomic_write_bytes, remove_stale_temp_files
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step_(\d{6,})\.pt$")
 REQUIRED_KEYS = ("step", "prompt", "config", "scene", "optimizer")
-_TMP = re.compile(r"^\..+\.tmp-(\d+)$")
-
-
-class OutputWriteError(UserError):
-    """The run's folder cannot be written (disk full, read-only, permissions). Earlier files are intact."""
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def atomic_write_bytes(data: bytes, path: Path) -> None:
-    """Write ``data`` to ``path`` so that a reader sees either the old file or the whole new one, never a part.
-
-    The bytes go to a hidden temp file beside ``path``, are fsync'ed, and the temp file is renamed over ``path``
-    (atomic on POSIX), then the folder is fsync'ed so the rename survives a power cut. A process killed half-way
-    leaves at most a stale ``.<name>.tmp-<pid>`` that no reader looks at. A full disk or an unwritable folder
-    raises :class:`OutputWriteError`; whatever was at ``path`` stays intact.
-    """
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        # The rename itself is only durable once the folder entry is flushed.
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as e:
-        with contextlib.suppress(OSError):  # e.g. the folder itself could not be made
-            tmp.unlink(missing_ok=True)
-        reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
-        raise OutputWriteError(
-            f"output: could not write {path} ({reason}); free space or choose another output_root — "
-            "earlier checkpoints are intact"
-        ) from e
-
-
-def remove_stale_temp_files(folder: Path) -> None:
-    """Delete temp files that killed writers left in ``folder`` (not this process's own)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
-    for p in folder.iterdir():
-        m = _TMP.match(p.name)
-        if m and int(m.group(1)) != os.getpid():
-            p.unlink(missing_ok=True)
 
 
 def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 2) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dreamnfsd.train.checkpoint import atomic_write_bytes
+from dreamnfsd.utils.files import atomic_write_bytes, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,9 @@ def _resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
 
 def train_run(cfg, run_dir: Path, resolved_yaml: str) -> RunStatus:
     from dreamnfsd.guidance.priors import load_prior
-    from dreamnfsd.train.checkpoint import list_checkpoints, load_checkpoint
+    from dreamnfsd.train.checkpoint import load_checkpoint
     from dreamnfsd.train.preflight import take_preloaded_prior
-    from dreamnfsd.train.signals import Interrupted, StopRequest, exit_code
-    from dreamnfsd.train.trainer import Trainer, steps_per_second
+    from dreamnfsd.train.trainer import Trainer
     from dreamnfsd.utils.errors import UserError
 
     run_dir = Path(run_dir)
@@ -135,6 +134,16 @@ def train_run(cfg, run_dir: Path, resolved_yaml: str) -> RunStatus:
                 raise UserError(f"resume: {ckpt} does not fit this run's config ({_first_line(e)}); resume with "
                                 "the config it was trained with") from e
             print(f"dreamnfsd: resuming {run_dir} at step {trainer.step}", file=sys.stderr)
+    # Locked only now: a resume refused above has touched nothing in the run folder.
+    with run_lock(run_dir):
+        return _train_and_export(cfg, run_dir, trainer)
+
+
+def _train_and_export(cfg, run_dir: Path, trainer) -> RunStatus:
+    from dreamnfsd.train.checkpoint import list_checkpoints
+    from dreamnfsd.train.signals import Interrupted, StopRequest, exit_code
+    from dreamnfsd.train.trainer import steps_per_second
+
     summary = {"prompt": cfg.prompt, "guidance": cfg.guidance.kind, "seed": cfg.seed, "run_dir": str(run_dir),
                "steps": cfg.train.steps}
     # The step whose finished export lies in run_dir itself (kept when training further); None: nothing finished
@@ -202,10 +211,10 @@ def run_from_hydra(dcfg) -> RunStatus:
     from omegaconf import OmegaConf
 
     from dreamnfsd.config import validate
-    from dreamnfsd.train.checkpoint import OutputWriteError
     from dreamnfsd.train.preflight import check_device, to_run_config
     from dreamnfsd.train.trainer import NonFiniteTrainingError
     from dreamnfsd.utils.errors import UserError
+    from dreamnfsd.utils.files import OutputWriteError
 
     hc = HydraConfig.get()
     in_sweep = hc.mode == RunMode.MULTIRUN

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dreamnfsd.cameras import CameraBatch, ray_direction_channels
+from dreamnfsd.cameras import CameraBatch, camera_pose_features, ray_direction_channels
 from dreamnfsd.guidance.priors.base import model_output_to_eps, resize_to
 from dreamnfsd.guidance.priors.diffusers_prior import (
     DiffusersTextPrior,
@@ -85,8 +85,44 @@ def check_vocabulary(prompt: str, vocabulary: tuple[str, ...] | None, field: str
     if unknown:
         raise UserError(
             f"{field}: unknown word(s) {', '.join(repr(w) for w in unknown)} for this prior — "
-            f"use only: {' '.join(sorted(known))}"
+            f"use only: {' '.join(sorted(w for w in known if w.isalpha()))}"
+            + (f" (and the punctuation {' '.join(sorted(w for w in known if not w.isalpha()))})"
+               if any(not w.isalpha() for w in known) else "")
         )
+
+
+def pose_harmonics(unet) -> int:
+    """How many azimuth harmonics a UNet's camera pose embedding takes (0: it has none).
+
+    A camera-aware UNet may add a global pose embedding (diffusers ``class_embed_type="projection"``) of
+    :func:`dreamnfsd.cameras.camera_pose_features`, whose width 2H + 2 fixes H.
+    """
+    if unet.config.class_embed_type != "projection":
+        return 0
+    return (unet.config.projection_class_embeddings_input_dim - 2) // 2
+
+
+def camera_unet_forward(
+    unet, x_t: Tensor, t: Tensor, text_embeddings: Tensor, camera: CameraBatch | None,
+    keep_camera: Tensor | None = None,
+) -> Tensor:
+    """Run a pixel UNet on (N, C, res, res) with whatever camera inputs it was built for; returns its raw output.
+
+    Extra input channels (``in_channels > out_channels``) get the per-pixel ray directions, a projection class
+    embedding gets the pose features; ``camera=None`` gives zeros for both, the "camera dropped" input of training.
+    ``keep_camera`` (N,) of 0/1 drops the camera per image.
+    """
+    n, res, dtype = x_t.shape[0], x_t.shape[-1], unet.dtype
+    keep = None if keep_camera is None else keep_camera.to(x_t.device, torch.float32)
+    x_in, class_labels = x_t, None
+    if unet.config.in_channels > unet.config.out_channels:
+        rays = ray_direction_channels(camera, n, res).to(x_t.device, x_t.dtype)
+        x_in = torch.cat([x_t, rays if keep is None else rays * keep.view(-1, 1, 1, 1)], dim=1)
+    harmonics = pose_harmonics(unet)
+    if harmonics:
+        pose = camera_pose_features(camera, n, harmonics).to(x_t.device)
+        class_labels = (pose if keep is None else pose * keep[:, None]).to(dtype)
+    return unet(x_in.to(dtype), t, encoder_hidden_states=text_embeddings.to(dtype), class_labels=class_labels).sample
 
 
 class PixelPrior(DiffusersTextPrior):
@@ -109,6 +145,11 @@ class PixelPrior(DiffusersTextPrior):
             raise UserError(
                 f"prior.model: the UNet takes {extra} extra input channels but {SPEC_FILE} sets no "
                 f"camera_conditioning — add \"camera_conditioning\": \"ray_directions\""
+            )
+        if spec.camera_conditioning is None and pose_harmonics(unet):
+            raise UserError(
+                f"prior.model: the UNet has a camera pose embedding but {SPEC_FILE} sets no camera_conditioning — "
+                f"add \"camera_conditioning\": \"ray_directions\""
             )
         self.camera_aware = spec.camera_conditioning == "ray_directions"
         self.freeze()
@@ -152,10 +193,5 @@ class PixelPrior(DiffusersTextPrior):
         self, x_t: Tensor, t: Tensor, text_embeddings: Tensor, camera: CameraBatch | None = None
     ) -> Tensor:
         """(N, 3, res, res) epsilon in float32. ``camera`` (N cameras or None) is used only by camera-aware UNets."""
-        dtype = self.unet.dtype
-        x_in = x_t
-        if self.camera_aware:
-            rays = ray_direction_channels(camera, x_t.shape[0], x_t.shape[-1]).to(x_t.device, x_t.dtype)
-            x_in = torch.cat([x_t, rays], dim=1)
-        out = self.unet(x_in.to(dtype), t, encoder_hidden_states=text_embeddings.to(dtype)).sample
+        out = camera_unet_forward(self.unet, x_t, t, text_embeddings, camera if self.camera_aware else None)
         return model_output_to_eps(out.float(), x_t.float(), t, self.alphas_cumprod, self.prediction_type)

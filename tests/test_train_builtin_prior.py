@@ -1,0 +1,39 @@
+"""scripts/train_builtin_prior.py end to end at toy size: train, export, resume, and add the pose embedding late."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import torch
+
+from dreamnfsd.guidance.priors import PixelPrior
+from dreamnfsd.guidance.priors.pixel import pose_harmonics
+from tests.conftest import REPO
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_builtin_prior", REPO / "scripts" / "train_builtin_prior.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_export_resume_and_add_the_pose_embedding(tmp_path):
+    script = _script()
+    common = ["--n-data", "32", "--batch", "4", "--threads", "1", "--work-dir", str(tmp_path), "--export-every", "0",
+              "--out", str(tmp_path / "prior")]
+    with torch.random.fork_rng():
+        script.main([*common, "--steps", "2", "--pose-harmonics", "0"])
+        assert pose_harmonics(PixelPrior.from_pretrained(str(tmp_path / "prior")).unet) == 0
+        before = torch.load(tmp_path / "prior_ckpt_seed0.pt", weights_only=False)
+        script.main([*common, "--steps", "3", "--resume"])  # default: a 4-harmonic pose embedding is added
+    after = torch.load(tmp_path / "prior_ckpt_seed0.pt", weights_only=False)
+    assert before["step"] == 2 and after["step"] == 3 and after["pose_from_step"] == 2
+    assert not any(k.startswith("class_embedding.") for k in before["unet"])
+    assert after["unet"]["class_embedding.linear_1.weight"].shape == (128, 10)
+    assert len(after["opt"]["param_groups"]) == 2 and after["opt"]["param_groups"][1]["lr_mult"] == 3.0
+    meta = json.loads((tmp_path / "prior" / "dreamnfsd_prior.json").read_text())
+    assert meta["train_steps"] == 3 and meta["pose_from_step"] == 2 and meta["pose_harmonics"] == 4
+    prior = PixelPrior.from_pretrained(str(tmp_path / "prior"))
+    assert prior.camera_aware and pose_harmonics(prior.unet) == 4
