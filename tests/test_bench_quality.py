@@ -1,0 +1,47 @@
+"""scripts/bench_quality.py --quick end to end (CI-sized): every output file and every reported field exists."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import imageio.v2 as imageio
+import pytest
+
+from dreamnfsd.guidance.priors.builtin import DEFAULT_DIR
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_DIR / "unet").exists(), reason="built-in prior not exported yet")
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
+    out = tmp_path / "bench"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "scripts/bench_quality.py", "--quick", "--steps", "4", "--out-dir", str(out),
+         "train.num_threads=1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["prompts"] == ["a red cube", "a blue sphere"] and results["steps"] == 4
+    assert sorted(results["summary"]) == ["nfsd", "sds"]
+    assert {r["guidance_scale"] for r in results["runs"]} == {100.0, 7.5}  # each method at its own scale
+    for summary in results["summary"].values():
+        for key in ("r_precision", "iou_side", "iou_top", "iou_min_shape_group", "iou_per_shape",
+                    "cube_top_rotation_variation", "colour_error", "broken_view_share", "wall_time_s"):
+            assert summary[key] is not None, key
+        assert set(summary["iou_per_shape"]) == {"cube", "sphere"}
+    assert len(results["runs"]) == 4
+    for run in results["runs"]:
+        assert 0 <= run["r_precision"] <= 1 and set(run["r_precision_by_group"]) == {"side", "mid", "top"}
+        assert set(run["iou"]) == {"side", "top"} and all(0 <= v <= 1 for v in run["iou"].values())
+        assert 0 <= run["top_rotation_variation"] <= 1 and run["colour_error"] >= 0
+        assert run["wall_time_s"] > 0 and len(run["predicted"]) == 14
+    table = (out / "results.md").read_text()
+    assert "| method | scale | R-precision | IoU side | IoU top |" in table and "| a blue sphere | nfsd |" in table
+    sheet = imageio.imread(out / "contact_sheet.png")
+    assert sheet.shape[0] == 2 * 2 * 32 and sheet.shape[2] == 3  # one row per prompt, 2x upscaled 32 px views
