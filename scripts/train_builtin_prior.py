@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-snr-gamma", type=float, default=5.0,
                    help="Min-SNR loss weight min(snr, gamma)/snr for epsilon (0 disables): the plain loss is dominated "
                    "by small t and left large-t predictions, which set the image's mean colour, poorly trained")
+    p.add_argument("--x0-weight-cap", type=float, default=10.0,
+                   help="also weight each image's loss by clamp(1/snr, 1, cap) (0 disables): the epsilon loss "
+                   "scales x0 errors by snr, so at large t, where the object's outline and orientation are decided "
+                   "and the camera is the only clue to them, it barely asked for them and the camera went unused")
     p.add_argument("--cube-weight", type=float, default=2.0,
                    help="sampling weight of cube images: the cube is the only shape whose look depends on azimuth, "
                    "so it carries nearly all of the azimuth signal the camera channels must learn")
@@ -133,10 +137,12 @@ def export(args: argparse.Namespace, ema: PriorComponents, step: int, loss: floa
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     meta = {"train_steps": step, "final_loss": round(loss, 5), "seed": args.seed, "ema_decay": args.ema,
+            "ema_history": args.ema_history,
             "batch_size": args.batch, "n_train_images": args.n_data, "min_snr_gamma": args.min_snr_gamma,
             "min_snr_from_step": args.min_snr_from_step, "cube_weight": args.cube_weight,
             "cube_weight_from_step": args.cube_weight_from_step, "pose_harmonics": args.pose_harmonics,
-            "pose_from_step": args.pose_from_step,
+            "pose_from_step": args.pose_from_step, "x0_weight_cap": args.x0_weight_cap,
+            "x0_weight_from_step": args.x0_weight_from_step,
             "loss_note": "final_loss is the running mean of the (Min-SNR weighted) epsilon MSE"}
     save_components(ema, tmp, meta)
     (tmp / "README.md").write_text(model_card(meta))
@@ -167,9 +173,11 @@ on a white background. Pixel space (no VAE), 32x32 RGB in [-1, 1], epsilon predi
   degraded and captioned with words of the NFSD negative prompt.
 - Vocabulary: {" ".join(VOCABULARY)}
 - Training: {meta["train_steps"]} steps at batch {meta["batch_size"]}, {meta["n_train_images"]} rendered images,
-  AdamW, EMA {meta["ema_decay"]} (the export is the EMA), seed {meta["seed"]}; final loss {meta["final_loss"]}.
+  AdamW, EMA of the weights (the export; decay from step: {", ".join(f"{d} from {s}" for s, d in meta["ema_history"])}),
+  seed {meta["seed"]}; final loss {meta["final_loss"]}.
 - Loss: epsilon MSE with Min-SNR-{meta["min_snr_gamma"]} weighting from step {meta["min_snr_from_step"]} (the plain
-  MSE before it); the final loss above is the running mean of the weighted loss.
+  MSE before it), and from step {meta["x0_weight_from_step"]} also times clamp(1/snr, 1, {meta["x0_weight_cap"]})
+  (x0-space weight at large t); the final loss above is the running mean of the weighted loss.
 - Cube images drawn with weight {meta["cube_weight"]} from step {meta["cube_weight_from_step"]} (uniform before): the
   cube carries the azimuth signal.
 
@@ -181,7 +189,8 @@ Load: `dreamnfsd.guidance.priors.builtin.load_components(folder)`; sample with `
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    args.min_snr_from_step = args.cube_weight_from_step = args.pose_from_step = 0
+    args.min_snr_from_step = args.cube_weight_from_step = args.pose_from_step = args.x0_weight_from_step = 0
+    args.ema_history = [[0, args.ema]]
     start = time.time()
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -221,6 +230,10 @@ def main(argv: list[str] | None = None) -> None:
         old = ck["args"]
         args.min_snr_from_step = ck.get("min_snr_from_step", old.get("min_snr_gamma") is None and step or 0)
         args.cube_weight_from_step = ck.get("cube_weight_from_step", old.get("cube_weight") is None and step or 0)
+        args.x0_weight_from_step = ck.get("x0_weight_from_step", old.get("x0_weight_cap") is None and step or 0)
+        args.ema_history = ck.get("ema_history", [[0, old["ema"]]])
+        if args.ema_history[-1][1] != args.ema:
+            args.ema_history.append([step, args.ema])
         args.pose_from_step = step if adding_pose else ck.get("pose_from_step", 0)
         print(f"resumed from {ckpt_path} at step {step}" + (" (pose embedding added)" if adding_pose else ""),
               flush=True)
@@ -234,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
             "opt": opt.state_dict(), "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
             "step": step, "loss_avg": loss_avg, "args": vars(args), "min_snr_from_step": args.min_snr_from_step,
             "cube_weight_from_step": args.cube_weight_from_step, "pose_from_step": args.pose_from_step,
+            "x0_weight_from_step": args.x0_weight_from_step, "ema_history": args.ema_history,
         }, ckpt_path)
 
     if args.steps <= step:
@@ -269,10 +283,12 @@ def main(argv: list[str] | None = None) -> None:
             # Camera dropout zeroes the ray channels of some images: the "no camera" input of text-only calls.
             eps = predict_noise(model.unet, noisy, t, text_emb, camera, keep_cam)
             per_image = (eps - noise).square().mean(dim=(1, 2, 3))
+            ab = sched.alphas_cumprod[t]
+            snr = ab / (1 - ab)
             if args.min_snr_gamma > 0:
-                ab = sched.alphas_cumprod[t]
-                snr = ab / (1 - ab)
                 per_image = per_image * snr.clamp(max=args.min_snr_gamma) / snr
+            if args.x0_weight_cap > 0:
+                per_image = per_image * snr.reciprocal().clamp(1.0, args.x0_weight_cap)
             loss = per_image.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -154,8 +154,8 @@ def sample(
     components: PriorComponents,
     prompts: list[str],
     camera: CameraBatch | None,
-    steps: int = 30,
-    guidance_scale: float = 6.0,
+    steps: int = 20,
+    guidance_scale: float = 5.0,
     negative_prompt: str = "",
     generator: torch.Generator | None = None,
     eta: float = 1.0,
@@ -164,6 +164,9 @@ def sample(
 
     ``eta=1`` (fresh noise each step) with clipped x0 estimates is the default: deterministic DDIM (``eta=0``) keeps
     the large-t errors of this small prior (tinted backgrounds, leftover noise), the stochastic steps wash them out.
+    20 steps at scale 5 were chosen on 100 held-out samples (seed 123) of the 2,250-step prior: 94% classified as
+    their prompt, against 89% at 20/6 or 25/5, 87% at 30/4.5 and 73% at 30/6 (more steps and more guidance drifted
+    cylinders to cubes and yellows to greens).
     """
     b = len(prompts)
     sched = DDIMScheduler.from_config(components.scheduler.config, steps_offset=1, clip_sample=True)
