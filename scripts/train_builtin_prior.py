@@ -181,10 +181,34 @@ on a white background. Pixel space (no VAE), 32x32 RGB in [-1, 1], epsilon predi
 - Cube images drawn with weight {meta["cube_weight"]} from step {meta["cube_weight_from_step"]} (uniform before): the
   cube carries the azimuth signal.
 
-Reproduce: `python scripts/train_builtin_prior.py --seed {meta["seed"]} --steps {meta["train_steps"]}` (with a
-non-zero start step above, first run `--min-snr-gamma 0 --steps <start>`, then `--resume`).
+Reproduce (each option above switched on at its step, so one command per stage; a stage may be stopped and resumed
+at any step, since the checkpoint holds the optimiser and random states):
+
+{reproduce_commands(meta)}
+
 Load: `dreamnfsd.guidance.priors.builtin.load_components(folder)`; sample with `builtin.sample(...)`.
 """
+
+
+def reproduce_commands(meta: dict) -> str:
+    """The stage-by-stage commands that rebuild an export from its recorded option history."""
+    off = {  # option: (the step it took effect, its value before, its value after)
+        "--min-snr-gamma": (meta["min_snr_from_step"], 0, meta["min_snr_gamma"]),
+        "--cube-weight": (meta["cube_weight_from_step"], 1, meta["cube_weight"]),
+        "--pose-harmonics": (meta["pose_from_step"], 0, meta["pose_harmonics"]),
+        "--x0-weight-cap": (meta["x0_weight_from_step"], 0, meta["x0_weight_cap"]),
+    }
+    ema = {s: d for s, d in meta["ema_history"]}
+    stops = sorted({s for s, _, _ in off.values() if s > 0} | {s for s in ema if s > 0} | {meta["train_steps"]})
+    lines, start = [], 0
+    for stop in stops:
+        opts = [f"{k} {after if start >= s else before}" for k, (s, before, after) in off.items()]
+        decay = [d for s, d in meta["ema_history"] if s <= start][-1]
+        resume = " --resume" if start else ""
+        lines.append(f"    python scripts/train_builtin_prior.py --seed {meta['seed']}{resume} --steps {stop} "
+                     f"{' '.join(opts)} --ema {decay}")
+        start = stop
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

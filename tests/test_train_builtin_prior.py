@@ -35,5 +35,8 @@ def test_train_export_resume_and_add_the_pose_embedding(tmp_path):
     assert len(after["opt"]["param_groups"]) == 2 and after["opt"]["param_groups"][1]["lr_mult"] == 3.0
     meta = json.loads((tmp_path / "prior" / "dreamnfsd_prior.json").read_text())
     assert meta["train_steps"] == 3 and meta["pose_from_step"] == 2 and meta["pose_harmonics"] == 4
+    card = (tmp_path / "prior" / "README.md").read_text()  # one command per stage, the embedding off before step 2
+    assert "--seed 0 --steps 2 --min-snr-gamma 5.0 --cube-weight 2.0 --pose-harmonics 0" in card
+    assert "--seed 0 --resume --steps 3 --min-snr-gamma 5.0 --cube-weight 2.0 --pose-harmonics 4" in card
     prior = PixelPrior.from_pretrained(str(tmp_path / "prior"))
     assert prior.camera_aware and pose_harmonics(prior.unet) == 4
