@@ -37,9 +37,7 @@ def test_loads_offline_with_hf_classes_and_fits_budget():
     assert size <= 20 * 2**20, size
 
 
-# Known unmet (issue 4 stays open): the shipped prior has 1,297 training steps and does not use the camera yet
-# (measured ratio 1.001). The threshold stays; retrain with scripts/train_builtin_prior.py --resume and drop the mark.
-@pytest.mark.xfail(reason="built-in prior undertrained (1,297 steps): camera MSE ratio 1.001 < 1.10", strict=False)
+# Shipped 3,866-step prior: ratio 1.134 at t=300 (1.451 at t=600); the 2,522-step one before camera training: 1.003.
 @pytest.mark.slow
 def test_camera_diagnostic_true_camera_denoises_better(prior):
     true, yawed = camera_mse(prior, 0.0), camera_mse(prior, 45.0)
@@ -47,10 +45,6 @@ def test_camera_diagnostic_true_camera_denoises_better(prior):
     assert yawed > CAMERA_MSE_RATIO * true
 
 
-# Known unmet (issue 4 stays open): measured 84% (shape 96%, colour 88%) with the 1,297-step prior. The threshold
-# stays; retrain the prior and drop the mark.
-@pytest.mark.xfail(reason="built-in prior undertrained (1,297 steps): 84% of samples classified right < 90%",
-                   strict=False)
 @pytest.mark.slow
 def test_samples_are_classified_as_their_prompt(prior):
     prompts = [(s, c) for s in SHAPES for c in COLORS]
