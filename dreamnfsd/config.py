@@ -126,12 +126,13 @@ def validate(cfg: RunConfig) -> None:
     scale = cfg.guidance.guidance_scale
     _require(scale is None or (math.isfinite(scale) and scale > 0), "guidance.guidance_scale",
              f"must be > 0, got {scale} (NFSD uses about 7.5, SDS about 100)")
+    pairs = {}
     for key in ("camera.elevation_range", "camera.azimuth_range", "camera.distance_range", "camera.fov_range"):
-        a, b = check_pair(getattr(cfg.camera, key.split(".")[1]), key, PAIR_EXAMPLES[key])
+        a, b = pairs[key] = check_pair(getattr(cfg.camera, key.split(".")[1]), key, PAIR_EXAMPLES[key])
         _require(a <= b, key, f"must be [low, high] with low <= high, got [{a}, {b}]")
-    a, b = check_pair(cfg.camera.distance_range, "camera.distance_range", PAIR_EXAMPLES["camera.distance_range"])
+    a, b = pairs["camera.distance_range"]
     _require(a > 0, "camera.distance_range", f"must be positive distances, got [{a}, {b}]")
-    a, b = check_pair(cfg.camera.fov_range, "camera.fov_range", PAIR_EXAMPLES["camera.fov_range"])
+    a, b = pairs["camera.fov_range"]
     _require(a > 0 and b < 180, "camera.fov_range", f"must lie inside (0, 180) degrees, got [{a}, {b}]")
     for key in ("train.albedo_ratio", "train.textureless_ratio"):
         value = getattr(cfg.train, key.split(".")[1])

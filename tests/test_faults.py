@@ -455,3 +455,25 @@ def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path):
     with run_lock(tmp_path):
         assert (tmp_path / LOCK_NAME).exists()
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_the_lock_is_retaken_when_its_holder_removes_the_file_between_open_and_flock(tmp_path, monkeypatch):
+    """A finishing holder unlinks the lock file it held; a process that opened that file just before must not keep
+    a lock on the orphan (no one else would see it), but open the path again."""
+    import fcntl
+
+    from dreamnfsd.utils.files import LOCK_NAME, run_lock
+
+    real_flock, calls = fcntl.flock, []
+
+    def flock_after_holder_left(f, op):
+        if not calls:
+            (tmp_path / LOCK_NAME).unlink()  # the holder's release, landing between our open and our flock
+        calls.append(op)
+        return real_flock(f, op)
+
+    (tmp_path / LOCK_NAME).write_text("12345")
+    monkeypatch.setattr(fcntl, "flock", flock_after_holder_left)
+    with run_lock(tmp_path):
+        assert len(calls) == 2 and (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
+    assert not (tmp_path / LOCK_NAME).exists()

@@ -10,9 +10,7 @@ import torch
 from torch import Tensor
 
 from dreamnfsd.utils.errors import UserError
-from dreamnfsd.utils.files import atomic_output
-
-_KEPT = "the run's checkpoints are intact; re-export with dreamnfsd-export"
+from dreamnfsd.utils.files import REEXPORT_HINT, atomic_output
 
 
 class EmptySurfaceError(UserError):
@@ -93,7 +91,7 @@ def write_meshes(mesh, out_dir: Path, stem: str = "mesh") -> list[Path]:
     paths = []
     for ext in ("obj", "ply", "glb"):
         path = Path(out_dir) / f"{stem}.{ext}"
-        with atomic_output(path, _KEPT) as tmp:
+        with atomic_output(path, REEXPORT_HINT) as tmp:
             mesh.export(tmp, file_type=ext)
         paths.append(path)
     return paths

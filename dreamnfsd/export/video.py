@@ -8,9 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dreamnfsd.utils.files import atomic_output
-
-_KEPT = "the run's checkpoints are intact; re-export with dreamnfsd-export"
+from dreamnfsd.utils.files import REEXPORT_HINT, atomic_output
 
 
 def to_uint8(image: Tensor) -> np.ndarray:
@@ -34,7 +32,7 @@ def write_video(frames: Tensor, path: Path, fps: int) -> Path:
     """Write (N, H, W, 3) frames in [0, 1] as an H.264 mp4 (imageio-ffmpeg ships its own ffmpeg)."""
     import imageio.v2 as imageio
 
-    with atomic_output(Path(path), _KEPT) as tmp:
+    with atomic_output(Path(path), REEXPORT_HINT) as tmp:
         # macro_block_size=1 keeps odd sizes as they are instead of silently resizing them.
         imageio.mimwrite(tmp, list(to_uint8(frames)), fps=fps, macro_block_size=1, quality=8)
     return Path(path)
@@ -43,6 +41,6 @@ def write_video(frames: Tensor, path: Path, fps: int) -> Path:
 def write_image(image: Tensor, path: Path) -> Path:
     import imageio.v2 as imageio
 
-    with atomic_output(Path(path), _KEPT) as tmp:
+    with atomic_output(Path(path), REEXPORT_HINT) as tmp:
         imageio.imwrite(tmp, to_uint8(image))
     return Path(path)

@@ -15,6 +15,10 @@ from dreamnfsd.utils.errors import UserError
 TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)(\.\w+)?$")
 
 
+# What an export write's error adds: the run itself is safe and its outputs can be written again.
+REEXPORT_HINT = "the run's checkpoints are intact; re-export with dreamnfsd-export"
+
+
 class OutputWriteError(UserError):
     """The run's folder cannot be written (disk full, read-only, permissions). Earlier files are intact."""
 
@@ -90,17 +94,26 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     import fcntl
 
     path = Path(run_dir) / LOCK_NAME
-    f = open(path, "a+")  # noqa: SIM115 (held open for the whole block)
-    try:
+    while True:
+        f = open(path, "a+")  # noqa: SIM115 (held open for the whole block)
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
+            f.close()
             raise UserError(
                 f"resume: {run_dir} is being trained by another dreamnfsd process (pid {holder}); wait for it to "
                 "end or stop it, then resume"
             ) from None
+        # A holder that just finished unlinks the file it locked; a lock on that orphan would guard nothing.
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    try:
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -108,6 +121,6 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            path.unlink(missing_ok=True)  # still locked, so no other process is between open and flock on it
+            path.unlink(missing_ok=True)  # while still locked: a waiter that opened it sees the unlink and retries
     finally:
         f.close()
