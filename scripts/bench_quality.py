@@ -10,14 +10,21 @@ three elevations (15°, 45°, 85°), and scores them with the shipped classifier
 - colour error (RGB distance of the mean albedo to the true albedo), broken views (empty or frame-filling), wall time.
 
 Writes ``results.json``, ``results.md`` and ``contact_sheet.png`` (one row per prompt: SDS views | NFSD views).
+Each finished run is also saved under ``runs/`` as it ends, so a killed benchmark resumes where it stopped, and
+``--shard K/N`` splits the runs over N processes that share one ``--out-dir`` (the last to finish writes the report;
+``--report-only`` rebuilds it from whatever runs exist).
 
     .venv/bin/python scripts/bench_quality.py --quick            # 2 prompts, few steps (CI-sized)
-    .venv/bin/python scripts/bench_quality.py --steps 1500       # all 25 prompts
+    .venv/bin/python scripts/bench_quality.py                    # all 25 prompts, preset steps
+    # two processes side by side on a small CPU (see README: OMP_WAIT_POLICY=PASSIVE)
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench_quality.py --shard 1/2 train.num_threads=1 &
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench_quality.py --shard 2/2 train.num_threads=1
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import tempfile
@@ -36,6 +43,7 @@ from dreamnfsd.export.video import to_uint8
 from dreamnfsd.guidance.priors import load_prior
 from dreamnfsd.train.preflight import compose, to_run_config
 from dreamnfsd.train.trainer import Trainer, render_views
+from dreamnfsd.utils.files import atomic_write_bytes
 
 ALL_PROMPTS = [f"a {c} {s}" for s in SHAPES for c in COLORS]
 QUICK_PROMPTS = ["a red cube", "a blue sphere"]
@@ -55,7 +63,8 @@ def view_cameras(resolution: int) -> tuple[CameraBatch, dict[str, slice]]:
     return make_cameras(torch.tensor(az), torch.tensor(el), resolution), groups
 
 
-def evaluate(trainer: Trainer, prompt: str, classifier, resolution: int) -> dict:
+def evaluate(trainer: Trainer, prompt: str, classifier, resolution: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Metrics, the contact sheet's views (V', H, W, 3) and every view's opacity (V, H, W), kept for later study."""
     colour, shape = prompt.split()[1:3]
     cams, groups = view_cameras(resolution)
     shaded = render_views(trainer.scene, cams, shading="lambertian", ambient=AMBIENT)
@@ -76,10 +85,10 @@ def evaluate(trainer: Trainer, prompt: str, classifier, resolution: int) -> dict
         "predicted": [f"a {COLORS[c]} {SHAPES[s]}" for s, c in zip(shape_idx.tolist(), colour_idx.tolist())],
     }
     sheet_views = torch.cat([shaded["rgb"][groups["side"]][::2], shaded["rgb"][groups["top"]][:1]])
-    return result, sheet_views
+    return result, sheet_views, shaded["opacity"][..., 0]
 
 
-def run_one(prompt: str, method: str, args, prior, classifier) -> tuple[dict, torch.Tensor]:
+def run_one(prompt: str, method: str, args, prior, classifier) -> tuple[dict, torch.Tensor, torch.Tensor]:
     overrides = [f"prompt={prompt}", "prior=builtin", f"guidance={method}", f"seed={args.seed}",
                  f"train.steps={args.steps}", "train.val_every=0", "train.ckpt_every=0", *args.overrides]
     if args.prior_folder:
@@ -90,10 +99,10 @@ def run_one(prompt: str, method: str, args, prior, classifier) -> tuple[dict, to
         started = time.perf_counter()
         trainer.fit(SimpleNamespace(requested=None))
         wall = time.perf_counter() - started
-        metrics, views = evaluate(trainer, prompt, classifier, args.resolution)
+        metrics, views, opacity = evaluate(trainer, prompt, classifier, args.resolution)
     metrics.update(prompt=prompt, method=method, guidance_scale=cfg.guidance.scale, steps=args.steps,
                    seed=args.seed, wall_time_s=round(wall, 1))
-    return metrics, views
+    return metrics, views, opacity
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -150,6 +159,62 @@ def contact_sheet(rows: dict[str, dict[str, torch.Tensor]], methods: list[str], 
     return sheet.repeat_interleave(upscale, 0).repeat_interleave(upscale, 1)
 
 
+def run_key(prompt: str, method: str) -> str:
+    return f"{prompt.replace(' ', '-')}.{method}"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n:
+        raise SystemExit(f"--shard: {text!r} must be K/N with 1 <= K <= N, e.g. --shard 1/2")
+    return k, n
+
+
+def load_finished(runs_dir: Path, prompts: list[str], methods: list[str], args) -> dict[str, tuple[dict, torch.Tensor]]:
+    """Saved runs of this benchmark (same steps, seed and overrides), by run_key."""
+    done = {}
+    for prompt in prompts:
+        for method in methods:
+            key = run_key(prompt, method)
+            path = runs_dir / f"{key}.pt"
+            if not path.exists():
+                continue
+            saved = torch.load(path, weights_only=True)
+            metrics = json.loads(saved["metrics"])
+            if (metrics["steps"], metrics["seed"], metrics.get("overrides", [])) != (args.steps, args.seed,
+                                                                                   args.overrides):
+                raise SystemExit(f"--out-dir: {path} was run with other settings (steps {metrics['steps']}, seed "
+                                 f"{metrics['seed']}, overrides {metrics.get('overrides')}); pick a new --out-dir")
+            done[key] = (metrics, saved["views"])
+    return done
+
+
+def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, steps: int, seed: int) -> None:
+    import imageio.v2 as imageio
+
+    runs, sheet_rows = [], {}
+    for prompt in prompts:
+        if all(run_key(prompt, m) in done for m in methods):
+            sheet_rows[prompt] = {m: done[run_key(prompt, m)][1] for m in methods}
+        runs += [done[run_key(prompt, m)][0] for m in methods if run_key(prompt, m) in done]
+    if not runs:
+        raise SystemExit(f"--out-dir: no finished runs under {out / 'runs'}")
+    summary = summarise(runs)
+    missing = [run_key(p, m) for p in prompts for m in methods if run_key(p, m) not in done]
+    (out / "results.json").write_text(json.dumps({"summary": summary, "runs": runs, "steps": steps, "seed": seed,
+                                                  "prompts": prompts, "missing": missing}, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(summary, runs))
+    if sheet_rows:
+        imageio.imwrite(out / "contact_sheet.png", to_uint8(contact_sheet(sheet_rows, methods)))
+    print(markdown(summary, runs))
+    if missing:
+        print(f"not finished yet ({len(missing)}): {', '.join(missing)}")
+    print(f"wrote {out}/results.json, results.md, contact_sheet.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"prompts {QUICK_PROMPTS}, 30 steps")
@@ -160,37 +225,46 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--prior-folder", default=None, help="a pixel prior folder instead of the built-in one")
     parser.add_argument("--out-dir", default="outputs/bench_quality")
+    parser.add_argument("--shard", default="1/1", help="K/N: run every N-th run starting at the K-th")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from saved runs")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every run")
     args = parser.parse_args()
     prompts = args.prompts or (QUICK_PROMPTS if args.quick else ALL_PROMPTS)
     if args.steps is None:
         args.steps = 30 if args.quick else int(compose(["prompt=x", "prior=builtin"], config_dir()).train.steps)
 
-    prior_cfg = to_run_config(compose(["prompt=a red cube", "prior=builtin"] + (
-        ["prior.kind=pixel", f"prior.model={args.prior_folder}"] if args.prior_folder else []), config_dir())).prior
-    prior = load_prior(prior_cfg, "cpu")
-    classifier = load_classifier()
-    runs, sheet_rows = [], {}
-    for prompt in prompts:
-        sheet_rows[prompt] = {}
-        for method in args.methods:
-            metrics, views = run_one(prompt, method, args, prior, classifier)
-            runs.append(metrics)
-            sheet_rows[prompt][method] = views
-            print(f"{prompt:<18} {method:<5} R-prec {metrics['r_precision']:.0%}  IoU side {metrics['iou']['side']:.3f}"
-                  f"  top {metrics['iou']['top']:.3f}  top-rot {metrics['top_rotation_variation']:.3f}"
-                  f"  {metrics['wall_time_s']}s", flush=True)
-    summary = summarise(runs)
+    shard, n_shards = parse_shard(args.shard)
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"summary": summary, "runs": runs, "steps": args.steps,
-                                                  "seed": args.seed, "prompts": prompts}, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(summary, runs))
-    import imageio.v2 as imageio
+    runs_dir = out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    done = load_finished(runs_dir, prompts, args.methods, args)
+    todo = [(p, m) for p in prompts for m in args.methods][shard - 1::n_shards]
+    todo = [] if args.report_only else [(p, m) for p, m in todo if run_key(p, m) not in done]
+    if todo:
+        prior_cfg = to_run_config(compose(["prompt=a red cube", "prior=builtin"] + (
+            ["prior.kind=pixel", f"prior.model={args.prior_folder}"] if args.prior_folder else []),
+            config_dir())).prior
+        prior = load_prior(prior_cfg, "cpu")
+        classifier = load_classifier()
+    for prompt, method in todo:
+        metrics, views, opacity = run_one(prompt, method, args, prior, classifier)
+        metrics["overrides"] = args.overrides
+        atomic_write_bytes(_to_bytes({"metrics": json.dumps(metrics), "views": views.contiguous(),
+                                      "opacity": opacity.contiguous()}),
+                           runs_dir / f"{run_key(prompt, method)}.pt")
+        done[run_key(prompt, method)] = (metrics, views)
+        print(f"{prompt:<18} {method:<5} R-prec {metrics['r_precision']:.0%}  IoU side {metrics['iou']['side']:.3f}"
+              f"  top {metrics['iou']['top']:.3f}  top-rot {metrics['top_rotation_variation']:.3f}"
+              f"  {metrics['wall_time_s']}s", flush=True)
+    # Sharded processes each report what exists; the last one to finish sees every run.
+    done = load_finished(runs_dir, prompts, args.methods, args)
+    write_report(out, prompts, args.methods, done, args.steps, args.seed)
 
-    imageio.imwrite(out / "contact_sheet.png", to_uint8(contact_sheet(sheet_rows, args.methods)))
-    print(markdown(summary, runs))
-    print(f"wrote {out}/results.json, results.md, contact_sheet.png")
+
+def _to_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -20,13 +21,23 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_DIR / "unet").exists(), reason="bui
 def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
     out = tmp_path / "bench"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "scripts/bench_quality.py", "--quick", "--steps", "4", "--out-dir", str(out),
-         "train.num_threads=1"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def bench(*extra):
+        proc = subprocess.run(
+            [sys.executable, "scripts/bench_quality.py", "--quick", "--steps", "4", "--out-dir", str(out), *extra,
+             "train.num_threads=1"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    # Two shards one after the other share the folder; the first reports only its own half.
+    bench("--shard", "1/2")
+    assert json.loads((out / "results.json").read_text())["missing"] == ["a-red-cube.nfsd", "a-blue-sphere.nfsd"]
+    bench("--shard", "2/2")
+    assert re.search(r"R-prec \d", bench()) is None  # everything is saved: a rerun (or resume) trains nothing
     results = json.loads((out / "results.json").read_text())
+    assert results["missing"] == []
     assert results["prompts"] == ["a red cube", "a blue sphere"] and results["steps"] == 4
     assert sorted(results["summary"]) == ["nfsd", "sds"]
     assert {r["guidance_scale"] for r in results["runs"]} == {100.0, 7.5}  # each method at its own scale
