@@ -7,10 +7,14 @@ three elevations (15°, 45°, 85°), and scores them with the shipped classifier
 - silhouette IoU against the true primitive, per view group (side 15°, top 85°), maximised over a rotation about
   the vertical axis;
 - top rotation variation: 1 - IoU between the top views at azimuth 0° and 45° (cube ~0.29, disc/drum ~0);
-- colour error (RGB distance of the mean albedo to the true albedo), broken views (empty or frame-filling), wall time.
+- colour error (RGB distance of the mean albedo to the true albedo), broken views (empty or frame-filling), wall time;
+- a diagnostic beside the IoU, not a replacement: the same IoU maximised over the object's size too (0.85-1.15), and
+  the size that reaches it. The prior saw every primitive at 1 ± 10% scale, and at 32 px a primitive only 5% off in
+  size scores about 0.9 against itself, so this column says how much of an IoU gap is size alone.
 
 Writes ``results.json``, ``results.md`` and ``contact_sheet.png`` (one row per prompt: SDS views | NFSD views).
-Each finished run is also saved under ``runs/`` as it ends, so a killed benchmark resumes where it stopped, and
+Each finished run is also saved under ``runs/`` as it ends (metrics JSON, views and opacity PNGs: small enough to
+commit), so a killed benchmark resumes where it stopped, and
 ``--shard K/N`` splits the runs over N processes that share one ``--out-dir`` (the last to finish writes the report;
 ``--report-only`` rebuilds it from whatever runs exist).
 
@@ -24,7 +28,6 @@ Each finished run is also saved under ``runs/`` as it ends, so a killed benchmar
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import tempfile
@@ -36,19 +39,25 @@ import torch
 
 from dreamnfsd.cameras import CameraBatch
 from dreamnfsd.cli import config_dir
-from dreamnfsd.data import COLORS, SHAPES, make_cameras
+from dreamnfsd.data import COLORS, SCALE_JITTER, SHAPES, make_cameras
 from dreamnfsd.eval.classifier import classify, load_classifier
-from dreamnfsd.eval.metrics import best_rotation_iou, broken_views, colour_error, mask_iou
+from dreamnfsd.eval.metrics import best_rotation_iou, best_scale_iou, broken_views, colour_error, mask_iou, true_masks
 from dreamnfsd.export.video import to_uint8
 from dreamnfsd.guidance.priors import load_prior
 from dreamnfsd.train.preflight import compose, to_run_config
 from dreamnfsd.train.trainer import Trainer, render_views
-from dreamnfsd.utils.files import atomic_write_bytes
+from dreamnfsd.utils.files import atomic_output, atomic_write_bytes
 
-ALL_PROMPTS = [f"a {c} {s}" for s in SHAPES for c in COLORS]
+# Ordered so that each block of five names every shape and every colour once: a benchmark stopped part-way (it
+# resumes, see --shard) has covered the shapes evenly.
+ALL_PROMPTS = [f"a {COLORS[(i + k) % len(COLORS)]} {SHAPES[i]}" for k in range(len(COLORS)) for i in range(len(SHAPES))]
 QUICK_PROMPTS = ["a red cube", "a blue sphere"]
 # (elevation°, azimuths°): side views, mid views, and a near-overhead pair 45° apart.
 VIEW_GROUPS = {"side": (15.0, range(0, 360, 45)), "mid": (45.0, range(0, 360, 90)), "top": (85.0, (0, 45))}
+# Sizes tried by the IoU-at-any-scale diagnostic: the prior's training jitter (±10%) and a little beyond.
+FIT_SCALES = torch.arange(0.85, 1.151, 0.01)
+# Sizes of the reference "perfect samples": the prior's training images, spread evenly over its size jitter.
+REFERENCE_SCALES = torch.linspace(1 - SCALE_JITTER, 1 + SCALE_JITTER, 9)
 AMBIENT = 0.3  # the built-in domain's renders use 0.3 ambient + 0.7 diffuse
 
 
@@ -74,11 +83,17 @@ def evaluate(trainer: Trainer, prompt: str, classifier, resolution: int) -> tupl
     correct = (shape_idx == SHAPES.index(shape)) & (colour_idx == COLORS.index(colour))
     masks = shaded["opacity"][..., 0] > 0.5
     top = masks[groups["top"]]
+    iou, any_scale = {}, {}
+    for g in ("side", "top"):
+        s = groups[g]
+        iou[g], rotation = best_rotation_iou(masks[s], shape, cams.azimuth[s], cams.elevation[s])
+        any_scale[g] = best_scale_iou(masks[s], shape, cams.azimuth[s], cams.elevation[s], rotation, FIT_SCALES)
     result = {
         "r_precision": float(correct.float().mean()),
         "r_precision_by_group": {g: float(correct[s].float().mean()) for g, s in groups.items()},
-        "iou": {g: best_rotation_iou(masks[s], shape, cams.azimuth[s], cams.elevation[s])
-                for g, s in groups.items() if g != "mid"},
+        "iou": iou,
+        "iou_any_scale": {g: v[0] for g, v in any_scale.items()},
+        "fitted_scale": {g: v[1] for g, v in any_scale.items()},
         "top_rotation_variation": float(1.0 - mask_iou(top[0], top[1])),
         "colour_error": colour_error(albedo["rgb"], masks[..., None].float(), colour),
         "broken_view_share": float(broken_views(shaded["opacity"]).float().mean()),
@@ -86,6 +101,21 @@ def evaluate(trainer: Trainer, prompt: str, classifier, resolution: int) -> tupl
     }
     sheet_views = torch.cat([shaded["rgb"][groups["side"]][::2], shaded["rgb"][groups["top"]][:1]])
     return result, sheet_views, shaded["opacity"][..., 0]
+
+
+def size_reference(shape: str, resolution: int) -> dict[str, float]:
+    """Mean IoU, per view group, that the prior's own training images would score: the true primitive at sizes
+    spread over the training jitter, against the canonical size at the true rotation. A perfect sample of the prior
+    lands here on average, so it calibrates the IoU columns (at 32 px a 5% size error costs about 0.1)."""
+    cams, groups = view_cameras(resolution)
+    out = {}
+    for g in ("side", "top"):
+        az, el = cams.azimuth[groups[g]], cams.elevation[groups[g]]
+        truth = true_masks(shape, az, el, resolution)
+        ious = [float(mask_iou(true_masks(shape, az, el, resolution, s), truth).mean())
+                for s in REFERENCE_SCALES.tolist()]
+        out[g] = round(sum(ious) / len(ious), 3)
+    return out
 
 
 def run_one(prompt: str, method: str, args, prior, classifier) -> tuple[dict, torch.Tensor, torch.Tensor]:
@@ -105,7 +135,7 @@ def run_one(prompt: str, method: str, args, prior, classifier) -> tuple[dict, to
     return metrics, views, opacity
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarise(runs: list[dict], resolution: int) -> dict:
     out = {}
     for method in sorted({r["method"] for r in runs}):
         rs = [r for r in runs if r["method"] == method]
@@ -115,13 +145,18 @@ def summarise(runs: list[dict]) -> dict:
             srs = [r for r in rs if r["prompt"].endswith(shape)]
             if srs:
                 per_shape[shape] = {g: round(mean([r["iou"][g] for r in srs]), 3) for g in ("side", "top")}
+                per_shape[shape].update({f"{g}_any_scale": round(mean([r["iou_any_scale"][g] for r in srs]), 3)
+                                         for g in ("side", "top")})
+                per_shape[shape].update({f"{g}_reference": v for g, v in size_reference(shape, resolution).items()})
         cubes = [r["top_rotation_variation"] for r in rs if r["prompt"].endswith("cube")]
         out[method] = {
             "guidance_scale": rs[0]["guidance_scale"],
             "r_precision": round(mean([r["r_precision"] for r in rs]), 3),
             "iou_side": round(mean([r["iou"]["side"] for r in rs]), 3),
             "iou_top": round(mean([r["iou"]["top"] for r in rs]), 3),
-            "iou_min_shape_group": round(min(min(v.values()) for v in per_shape.values()), 3),
+            "iou_min_shape_group": round(min(min(v[g] for g in ("side", "top")) for v in per_shape.values()), 3),
+            "iou_any_scale_side": round(mean([r["iou_any_scale"]["side"] for r in rs]), 3),
+            "iou_any_scale_top": round(mean([r["iou_any_scale"]["top"] for r in rs]), 3),
             "iou_per_shape": per_shape,
             "cube_top_rotation_variation": round(mean(cubes), 3) if cubes else None,
             "colour_error": round(mean([r["colour_error"] for r in rs]), 3),
@@ -133,16 +168,27 @@ def summarise(runs: list[dict]) -> dict:
 
 def markdown(summary: dict, runs: list[dict]) -> str:
     lines = ["| method | scale | R-precision | IoU side | IoU top | worst shape/group IoU | cube top rot. var. | "
-             "colour err | broken views | s/run |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "colour err | broken views | s/run | IoU any size side / top |", "|---" * 11 + "|"]
     for m, s in summary.items():
         lines.append(f"| {m} | {s['guidance_scale']} | {s['r_precision']:.1%} | {s['iou_side']:.3f} | "
                      f"{s['iou_top']:.3f} | {s['iou_min_shape_group']:.3f} | {s['cube_top_rotation_variation']} | "
-                     f"{s['colour_error']:.3f} | {s['broken_view_share']:.1%} | {s['wall_time_s']} |")
-    lines += ["", "| prompt | method | R-precision | IoU side | IoU top | top rot. var. | colour err |",
-              "|---|---|---|---|---|---|---|"]
+                     f"{s['colour_error']:.3f} | {s['broken_view_share']:.1%} | {s['wall_time_s']} | "
+                     f"{s['iou_any_scale_side']:.3f} / {s['iou_any_scale_top']:.3f} |")
+    lines += ["", "| shape | method | IoU side | IoU top | IoU any size side / top | training images side / top |",
+              "|---|---|---|---|---|---|"]
+    for shape in SHAPES:
+        for m, s in summary.items():
+            if shape in s["iou_per_shape"]:
+                v = s["iou_per_shape"][shape]
+                lines.append(f"| {shape} | {m} | {v['side']:.3f} | {v['top']:.3f} | "
+                             f"{v['side_any_scale']:.3f} / {v['top_any_scale']:.3f} | "
+                             f"{v['side_reference']:.3f} / {v['top_reference']:.3f} |")
+    lines += ["", "| prompt | method | R-precision | IoU side | IoU top | top rot. var. | colour err | fitted size |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r['prompt']} | {r['method']} | {r['r_precision']:.0%} | {r['iou']['side']:.3f} | "
-                     f"{r['iou']['top']:.3f} | {r['top_rotation_variation']:.3f} | {r['colour_error']:.3f} |")
+                     f"{r['iou']['top']:.3f} | {r['top_rotation_variation']:.3f} | {r['colour_error']:.3f} | "
+                     f"{r['fitted_scale']['side']:.2f} / {r['fitted_scale']['top']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -173,26 +219,41 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k, n
 
 
+def save_run(runs_dir: Path, metrics: dict, views: torch.Tensor, opacity: torch.Tensor) -> None:
+    """One finished run as small files a reviewer can open: ``<key>.png`` (the contact sheet's views side by side),
+    ``<key>.opacity.png`` (every view's opacity) and ``<key>.json`` (metrics), written last: it marks the run done."""
+    import imageio.v2 as imageio
+
+    key = run_key(metrics["prompt"], metrics["method"])
+    for name, image in ((f"{key}.png", torch.cat(list(views), dim=1)),
+                        (f"{key}.opacity.png", torch.cat(list(opacity[..., None]), dim=1))):
+        with atomic_output(runs_dir / name) as tmp:
+            imageio.imwrite(tmp, to_uint8(image), format="png")
+    atomic_write_bytes((json.dumps(metrics, indent=1) + "\n").encode(), runs_dir / f"{key}.json")
+
+
 def load_finished(runs_dir: Path, prompts: list[str], methods: list[str], args) -> dict[str, tuple[dict, torch.Tensor]]:
-    """Saved runs of this benchmark (same steps, seed and overrides), by run_key."""
+    """Saved runs of this benchmark (same steps, seed and overrides) by run_key: (metrics, views (V, H, W, 3))."""
+    import imageio.v2 as imageio
+
     done = {}
     for prompt in prompts:
         for method in methods:
             key = run_key(prompt, method)
-            path = runs_dir / f"{key}.pt"
+            path = runs_dir / f"{key}.json"
             if not path.exists():
                 continue
-            saved = torch.load(path, weights_only=True)
-            metrics = json.loads(saved["metrics"])
+            metrics = json.loads(path.read_text())
             if (metrics["steps"], metrics["seed"], metrics.get("overrides", [])) != (args.steps, args.seed,
                                                                                    args.overrides):
                 raise SystemExit(f"--out-dir: {path} was run with other settings (steps {metrics['steps']}, seed "
                                  f"{metrics['seed']}, overrides {metrics.get('overrides')}); pick a new --out-dir")
-            done[key] = (metrics, saved["views"])
+            strip = torch.from_numpy(imageio.imread(runs_dir / f"{key}.png")[..., :3]).float() / 255
+            done[key] = (metrics, torch.stack(strip.split(strip.shape[0], dim=1)))
     return done
 
 
-def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, steps: int, seed: int) -> None:
+def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, args) -> None:
     import imageio.v2 as imageio
 
     runs, sheet_rows = [], {}
@@ -202,10 +263,11 @@ def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, 
         runs += [done[run_key(prompt, m)][0] for m in methods if run_key(prompt, m) in done]
     if not runs:
         raise SystemExit(f"--out-dir: no finished runs under {out / 'runs'}")
-    summary = summarise(runs)
+    summary = summarise(runs, args.resolution)
     missing = [run_key(p, m) for p in prompts for m in methods if run_key(p, m) not in done]
-    (out / "results.json").write_text(json.dumps({"summary": summary, "runs": runs, "steps": steps, "seed": seed,
-                                                  "prompts": prompts, "missing": missing}, indent=2) + "\n")
+    report = {"summary": summary, "runs": runs, "steps": args.steps, "seed": args.seed, "prompts": prompts,
+              "missing": missing}
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "results.md").write_text(markdown(summary, runs))
     if sheet_rows:
         imageio.imwrite(out / "contact_sheet.png", to_uint8(contact_sheet(sheet_rows, methods)))
@@ -249,22 +311,14 @@ def main() -> None:
     for prompt, method in todo:
         metrics, views, opacity = run_one(prompt, method, args, prior, classifier)
         metrics["overrides"] = args.overrides
-        atomic_write_bytes(_to_bytes({"metrics": json.dumps(metrics), "views": views.contiguous(),
-                                      "opacity": opacity.contiguous()}),
-                           runs_dir / f"{run_key(prompt, method)}.pt")
+        save_run(runs_dir, metrics, views, opacity)
         done[run_key(prompt, method)] = (metrics, views)
         print(f"{prompt:<18} {method:<5} R-prec {metrics['r_precision']:.0%}  IoU side {metrics['iou']['side']:.3f}"
               f"  top {metrics['iou']['top']:.3f}  top-rot {metrics['top_rotation_variation']:.3f}"
               f"  {metrics['wall_time_s']}s", flush=True)
     # Sharded processes each report what exists; the last one to finish sees every run.
     done = load_finished(runs_dir, prompts, args.methods, args)
-    write_report(out, prompts, args.methods, done, args.steps, args.seed)
-
-
-def _to_bytes(obj) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
+    write_report(out, prompts, args.methods, done, args)
 
 
 if __name__ == "__main__":

@@ -43,13 +43,19 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
     assert {r["guidance_scale"] for r in results["runs"]} == {100.0, 7.5}  # each method at its own scale
     for summary in results["summary"].values():
         for key in ("r_precision", "iou_side", "iou_top", "iou_min_shape_group", "iou_per_shape",
-                    "cube_top_rotation_variation", "colour_error", "broken_view_share", "wall_time_s"):
+                    "cube_top_rotation_variation", "colour_error", "broken_view_share", "wall_time_s",
+                    "iou_any_scale_side", "iou_any_scale_top"):
             assert summary[key] is not None, key
         assert set(summary["iou_per_shape"]) == {"cube", "sphere"}
+        for per_shape in summary["iou_per_shape"].values():
+            # the prior's own training images (1 ± 10% size) score below 1 against the canonical size
+            assert 0.8 < per_shape["side_reference"] < 1 and 0.8 < per_shape["top_reference"] < 1
     assert len(results["runs"]) == 4
     for run in results["runs"]:
         assert 0 <= run["r_precision"] <= 1 and set(run["r_precision_by_group"]) == {"side", "mid", "top"}
         assert set(run["iou"]) == {"side", "top"} and all(0 <= v <= 1 for v in run["iou"].values())
+        assert all(run["iou_any_scale"][g] >= run["iou"][g] for g in ("side", "top"))  # the same search, and size
+        assert all(0.85 <= v <= 1.15 for v in run["fitted_scale"].values())
         assert 0 <= run["top_rotation_variation"] <= 1 and run["colour_error"] >= 0
         assert run["wall_time_s"] > 0 and len(run["predicted"]) == 14
     table = (out / "results.md").read_text()

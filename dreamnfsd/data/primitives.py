@@ -37,6 +37,7 @@ DEGRADATIONS: dict[str, tuple[str, ...]] = {
     "low_contrast": ("low contrast", "dull"),
 }
 DISTANCE, FOV_DEG = 3.0, 40.0
+SCALE_JITTER = 0.1  # training images draw each primitive at 1 ± this size
 BOUND = 1.0  # every primitive (with scale jitter) lies inside this radius
 
 
@@ -145,9 +146,10 @@ def render_primitives(
     resolution: int = 32,
     supersample: int = 2,
     generator: torch.Generator | None = None,
-    scale_jitter: float = 0.1,
+    scale_jitter: float = SCALE_JITTER,
     light_jitter: float = 0.3,
     iters: int = 48,
+    scale: Tensor | None = None,
 ) -> dict:
     """Render B single-primitive images on white.
 
@@ -155,6 +157,7 @@ def render_primitives(
         shapes, colors: B names (or (B,) index tensors into SHAPES / COLORS).
         azimuth, elevation: (B,) radians.
         generator: drives scale jitter and light placement; same generator state gives identical images.
+        scale: (B,) fixed object scales instead of the random ``1 ± scale_jitter``.
     Returns:
         dict with rgb (B, 3, H, W) in [0, 1], mask (B, 1, H, W) pixel coverage in [0, 1], camera (CameraBatch at
         ``resolution``), scale (B,), shape_idx (B,), color_idx (B,).
@@ -162,7 +165,8 @@ def render_primitives(
     shape_idx = _as_index(shapes, SHAPES)
     color_idx = _as_index(colors, COLORS)
     b, hi = shape_idx.shape[0], resolution * supersample
-    scale = 1.0 + scale_jitter * (2 * torch.rand(b, generator=generator) - 1)
+    jittered = 1.0 + scale_jitter * (2 * torch.rand(b, generator=generator) - 1)  # drawn always: same RNG stream
+    scale = jittered if scale is None else scale.float().expand(b)
     cam_hi = make_cameras(azimuth, elevation, hi)
     origins, dirs = cam_hi.rays()
     origins, dirs = origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3)
