@@ -16,7 +16,7 @@ Writes ``results.json``, ``results.md`` and ``contact_sheet.png`` (one row per p
 Each finished run is also saved under ``runs/`` as it ends (metrics JSON, views and opacity PNGs: small enough to
 commit), so a killed benchmark resumes where it stopped, and
 ``--shard K/N`` splits the runs over N processes that share one ``--out-dir`` (the last to finish writes the report;
-``--report-only`` rebuilds it from whatever runs exist).
+``--report-only`` rebuilds it from whatever runs exist; the summary covers the prompts every method finished).
 
     .venv/bin/python scripts/bench_quality.py --quick            # 2 prompts, few steps (CI-sized)
     .venv/bin/python scripts/bench_quality.py                    # all 25 prompts, preset steps
@@ -256,31 +256,31 @@ def load_finished(runs_dir: Path, prompts: list[str], methods: list[str], args) 
 def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, args) -> None:
     import imageio.v2 as imageio
 
-    runs, sheet_rows = [], {}
-    for prompt in prompts:
-        if all(run_key(prompt, m) in done for m in methods):
-            sheet_rows[prompt] = {m: done[run_key(prompt, m)][1] for m in methods}
-        runs += [done[run_key(prompt, m)][0] for m in methods if run_key(prompt, m) in done]
-    if not runs:
-        raise SystemExit(f"--out-dir: no finished runs under {out / 'runs'}")
+    # Methods are compared on the same prompts only: a prompt counts once every method has finished it.
+    paired = [p for p in prompts if all(run_key(p, m) in done for m in methods)]
+    if not paired:  # e.g. the first shard of --shard 1/2 (it runs one method) finishing before the second
+        print(f"no prompt finished by every method yet under {out / 'runs'}; no report written")
+        return
+    runs = [done[run_key(p, m)][0] for p in paired for m in methods]
+    sheet_rows = {p: {m: done[run_key(p, m)][1] for m in methods} for p in paired}
     summary = summarise(runs, args.resolution)
-    missing = [run_key(p, m) for p in prompts for m in methods if run_key(p, m) not in done]
+    missing = [run_key(p, m) for p in prompts for m in methods if p not in paired]
     report = {"summary": summary, "runs": runs, "steps": args.steps, "seed": args.seed, "prompts": prompts,
               "missing": missing}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "results.md").write_text(markdown(summary, runs))
-    if sheet_rows:
-        imageio.imwrite(out / "contact_sheet.png", to_uint8(contact_sheet(sheet_rows, methods)))
+    imageio.imwrite(out / "contact_sheet.png", to_uint8(contact_sheet(sheet_rows, methods)))
     print(markdown(summary, runs))
     if missing:
-        print(f"not finished yet ({len(missing)}): {', '.join(missing)}")
+        print(f"not in the summary, not finished by every method yet ({len(missing)} runs, finished ones kept): "
+              f"{', '.join(missing)}")
     print(f"wrote {out}/results.json, results.md, contact_sheet.png")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"prompts {QUICK_PROMPTS}, 30 steps")
-    parser.add_argument("--prompts", nargs="*", default=None, help="default: all 25")
+    parser.add_argument("--prompts", nargs="*", default=None, help="default: all 25 (config overrides go before --prompts)")
     parser.add_argument("--methods", nargs="*", default=["sds", "nfsd"])
     parser.add_argument("--steps", type=int, default=None, help="default: the built-in preset's steps")
     parser.add_argument("--seed", type=int, default=0)

@@ -24,17 +24,22 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
 
     def bench(*extra):
         proc = subprocess.run(
-            [sys.executable, "scripts/bench_quality.py", "--quick", "--steps", "4", "--out-dir", str(out), *extra,
-             "train.num_threads=1"],
+            [sys.executable, "scripts/bench_quality.py", "--quick", "--steps", "4", "--out-dir", str(out),
+             "train.num_threads=1", *extra],  # overrides first: --prompts would swallow them
             cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc.stdout
 
-    # Two shards one after the other share the folder; the first reports only its own half.
-    bench("--shard", "1/2")
-    assert json.loads((out / "results.json").read_text())["missing"] == ["a-red-cube.nfsd", "a-blue-sphere.nfsd"]
-    bench("--shard", "2/2")
+    # Two shards one after the other share the folder. The first runs SDS only, so no prompt has both methods yet
+    # and no report is written (methods are compared on the same prompts only).
+    assert "no report written" in bench("--shard", "1/2") and not (out / "results.json").exists()
+    # The second shard with a third prompt: its NFSD run is kept, but the prompt stays out of the summary.
+    bench("--shard", "2/2", "--prompts", "a red cube", "a blue sphere", "a green cube")
+    results = json.loads((out / "results.json").read_text())
+    assert results["missing"] == ["a-green-cube.sds", "a-green-cube.nfsd"]
+    assert [r["prompt"] for r in results["runs"]] == ["a red cube"] * 2 + ["a blue sphere"] * 2
+    assert results["prompts"] == ["a red cube", "a blue sphere", "a green cube"]
     assert re.search(r"R-prec \d", bench()) is None  # everything is saved: a rerun (or resume) trains nothing
     results = json.loads((out / "results.json").read_text())
     assert results["missing"] == []
