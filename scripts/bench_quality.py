@@ -280,7 +280,8 @@ def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"prompts {QUICK_PROMPTS}, 30 steps")
-    parser.add_argument("--prompts", nargs="*", default=None, help="default: all 25 (config overrides go before --prompts)")
+    parser.add_argument("--prompts", nargs="*", default=None,
+                        help="default: all 25 (config overrides go before --prompts)")
     parser.add_argument("--methods", nargs="*", default=["sds", "nfsd"])
     parser.add_argument("--steps", type=int, default=None, help="default: the built-in preset's steps")
     parser.add_argument("--seed", type=int, default=0)
