@@ -10,7 +10,9 @@ three elevations (15°, 45°, 85°), and scores them with the shipped classifier
 - colour error (RGB distance of the mean albedo to the true albedo), broken views (empty or frame-filling), wall time;
 - a diagnostic beside the IoU, not a replacement: the same IoU maximised over the object's size too (0.85-1.15), and
   the size that reaches it. The prior saw every primitive at 1 ± 10% scale, and at 32 px a primitive only 5% off in
-  size scores about 0.9 against itself, so this column says how much of an IoU gap is size alone.
+  size scores about 0.9 against itself, so this column says how much of an IoU gap is size alone. Two calibrations
+  per shape sit beside it: the IoU the prior's own training images score (sizes spread over its jitter), and, with
+  ``--prior-sizes``, the size at which the prior itself draws the shape (its DDIM samples, fitted the same way).
 
 Writes ``results.json``, ``results.md`` and ``contact_sheet.png`` (one row per prompt: SDS views | NFSD views).
 Each finished run is also saved under ``runs/`` as it ends (metrics JSON, views and opacity PNGs: small enough to
@@ -43,7 +45,7 @@ from dreamnfsd.data import COLORS, SCALE_JITTER, SHAPES, make_cameras
 from dreamnfsd.eval.classifier import classify, load_classifier
 from dreamnfsd.eval.metrics import best_rotation_iou, best_scale_iou, broken_views, colour_error, mask_iou, true_masks
 from dreamnfsd.export.video import to_uint8
-from dreamnfsd.guidance.priors import load_prior
+from dreamnfsd.guidance.priors import builtin, load_prior
 from dreamnfsd.train.preflight import compose, to_run_config
 from dreamnfsd.train.trainer import Trainer, render_views
 from dreamnfsd.utils.files import atomic_output, atomic_write_bytes
@@ -118,6 +120,22 @@ def size_reference(shape: str, resolution: int) -> dict[str, float]:
     return out
 
 
+def prior_sample_size(components, shape: str, resolution: int, seed: int = 0) -> float:
+    """Median over the colours of the size at which the prior draws ``shape``: DDIM samples (sampler defaults) at the
+    side views' cameras, fitted jointly per colour by the size search a run gets, at the canonical rotation (the
+    camera-aware prior draws it there). A sample's silhouette is every pixel clearly off white."""
+    cams, groups = view_cameras(resolution)
+    az, el = cams.azimuth[groups["side"]], cams.elevation[groups["side"]]
+    g = torch.Generator().manual_seed(seed)
+    sizes = []
+    for colour in COLORS:
+        images = builtin.sample(components, [f"a {colour} {shape}"] * len(az), make_cameras(az, el, resolution),
+                                generator=g)
+        masks = (1 - images).abs().amax(1) > 0.25  # (V, H, W)
+        sizes.append(best_scale_iou(masks, shape, az, el, 0.0, FIT_SCALES)[1])
+    return round(float(torch.tensor(sizes).median()), 3)
+
+
 def run_one(prompt: str, method: str, args, prior, classifier) -> tuple[dict, torch.Tensor, torch.Tensor]:
     overrides = [f"prompt={prompt}", "prior=builtin", f"guidance={method}", f"seed={args.seed}",
                  f"train.steps={args.steps}", "train.val_every=0", "train.ckpt_every=0", *args.overrides]
@@ -135,7 +153,7 @@ def run_one(prompt: str, method: str, args, prior, classifier) -> tuple[dict, to
     return metrics, views, opacity
 
 
-def summarise(runs: list[dict], resolution: int) -> dict:
+def summarise(runs: list[dict], resolution: int, prior_sizes: dict[str, float] | None = None) -> dict:
     out = {}
     for method in sorted({r["method"] for r in runs}):
         rs = [r for r in runs if r["method"] == method]
@@ -148,6 +166,9 @@ def summarise(runs: list[dict], resolution: int) -> dict:
                 per_shape[shape].update({f"{g}_any_scale": round(mean([r["iou_any_scale"][g] for r in srs]), 3)
                                          for g in ("side", "top")})
                 per_shape[shape].update({f"{g}_reference": v for g, v in size_reference(shape, resolution).items()})
+                per_shape[shape]["fitted_size"] = round(mean([r["fitted_scale"]["side"] for r in srs]), 3)
+                if prior_sizes:
+                    per_shape[shape]["prior_sample_size"] = prior_sizes[shape]
         cubes = [r["top_rotation_variation"] for r in rs if r["prompt"].endswith("cube")]
         out[method] = {
             "guidance_scale": rs[0]["guidance_scale"],
@@ -174,15 +195,16 @@ def markdown(summary: dict, runs: list[dict]) -> str:
                      f"{s['iou_top']:.3f} | {s['iou_min_shape_group']:.3f} | {s['cube_top_rotation_variation']} | "
                      f"{s['colour_error']:.3f} | {s['broken_view_share']:.1%} | {s['wall_time_s']} | "
                      f"{s['iou_any_scale_side']:.3f} / {s['iou_any_scale_top']:.3f} |")
-    lines += ["", "| shape | method | IoU side | IoU top | IoU any size side / top | training images side / top |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| shape | method | IoU side | IoU top | IoU any size side / top | training images side / top | "
+              "fitted size | prior samples' size |", "|---" * 8 + "|"]
     for shape in SHAPES:
         for m, s in summary.items():
             if shape in s["iou_per_shape"]:
                 v = s["iou_per_shape"][shape]
                 lines.append(f"| {shape} | {m} | {v['side']:.3f} | {v['top']:.3f} | "
                              f"{v['side_any_scale']:.3f} / {v['top_any_scale']:.3f} | "
-                             f"{v['side_reference']:.3f} / {v['top_reference']:.3f} |")
+                             f"{v['side_reference']:.3f} / {v['top_reference']:.3f} | {v['fitted_size']:.3f} | "
+                             f"{v.get('prior_sample_size', '–')} |")
     lines += ["", "| prompt | method | R-precision | IoU side | IoU top | top rot. var. | colour err | fitted size |",
               "|---|---|---|---|---|---|---|---|"]
     for r in runs:
@@ -263,7 +285,12 @@ def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, 
         return
     runs = [done[run_key(p, m)][0] for p in paired for m in methods]
     sheet_rows = {p: {m: done[run_key(p, m)][1] for m in methods} for p in paired}
-    summary = summarise(runs, args.resolution)
+    prior_sizes = None
+    if args.prior_sizes:
+        components = builtin.load_components(args.prior_folder or builtin.DEFAULT_DIR)
+        shapes = {p.split()[-1] for p in paired}
+        prior_sizes = {shape: prior_sample_size(components, shape, args.resolution, args.seed) for shape in shapes}
+    summary = summarise(runs, args.resolution, prior_sizes)
     missing = [run_key(p, m) for p in prompts for m in methods if p not in paired]
     report = {"summary": summary, "runs": runs, "steps": args.steps, "seed": args.seed, "prompts": prompts,
               "missing": missing}
@@ -290,6 +317,8 @@ def main() -> None:
     parser.add_argument("--out-dir", default="outputs/bench_quality")
     parser.add_argument("--shard", default="1/1", help="K/N: run every N-th run starting at the K-th")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from saved runs")
+    parser.add_argument("--prior-sizes", action="store_true",
+                        help="also fit the size of the prior's own samples of each shape (seconds a shape)")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every run")
     args = parser.parse_args()
     prompts = args.prompts or (QUICK_PROMPTS if args.quick else ALL_PROMPTS)

@@ -40,7 +40,8 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
     assert results["missing"] == ["a-green-cube.sds", "a-green-cube.nfsd"]
     assert [r["prompt"] for r in results["runs"]] == ["a red cube"] * 2 + ["a blue sphere"] * 2
     assert results["prompts"] == ["a red cube", "a blue sphere", "a green cube"]
-    assert re.search(r"R-prec \d", bench()) is None  # everything is saved: a rerun (or resume) trains nothing
+    # Everything is saved: a rerun (or resume) trains nothing; this one also fits the prior's own samples' size.
+    assert re.search(r"R-prec \d", bench("--prior-sizes")) is None
     results = json.loads((out / "results.json").read_text())
     assert results["missing"] == []
     assert results["prompts"] == ["a red cube", "a blue sphere"] and results["steps"] == 4
@@ -55,6 +56,7 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
         for per_shape in summary["iou_per_shape"].values():
             # the prior's own training images (1 ± 10% size) score below 1 against the canonical size
             assert 0.8 < per_shape["side_reference"] < 1 and 0.8 < per_shape["top_reference"] < 1
+            assert 0.85 <= per_shape["fitted_size"] <= 1.15 and 0.85 <= per_shape["prior_sample_size"] <= 1.15
     assert len(results["runs"]) == 4
     for run in results["runs"]:
         assert 0 <= run["r_precision"] <= 1 and set(run["r_precision_by_group"]) == {"side", "mid", "top"}
