@@ -199,7 +199,7 @@ def markdown(summary: dict, runs: list[dict]) -> str:
                      f"{s['colour_error']:.3f} | {s['broken_view_share']:.1%} | {s['wall_time_s']} | "
                      f"{s['iou_any_scale_side']:.3f} / {s['iou_any_scale_top']:.3f} |")
     lines += ["", "| shape | method | IoU side | IoU top | IoU any size side / top | training images side / top | "
-              "fitted size | prior samples' size |", "|---" * 8 + "|"]
+              "fitted size (side) | prior samples' size |", "|---" * 8 + "|"]
     for shape in SHAPES:
         for m, s in summary.items():
             if shape in s["iou_per_shape"]:
