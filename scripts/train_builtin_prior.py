@@ -29,7 +29,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dreamnfsd.data import SHAPES, make_cameras, make_dataset  # noqa: E402
+from dreamnfsd.data import SCALE_JITTER, SHAPES, make_cameras, make_dataset  # noqa: E402
 from dreamnfsd.guidance.priors.builtin import (  # noqa: E402
     DEFAULT_DIR,
     MAX_LENGTH,
@@ -38,6 +38,8 @@ from dreamnfsd.guidance.priors.builtin import (  # noqa: E402
     PriorComponents,
     build_builtin_pipeline_components,
     camera_mse,
+    load_components,
+    load_metadata,
     predict_noise,
     save_components,
 )
@@ -67,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="azimuth harmonics of the UNet's global camera pose embedding (0: ray channels only)")
     p.add_argument("--pose-lr-mult", type=float, default=3.0,
                    help="learning-rate multiplier of the pose embedding (added late to a trained UNet, it starts at 0)")
+    p.add_argument("--scale-jitter", type=float, default=SCALE_JITTER,
+                   help="training images draw each primitive at 1 ± this size; 0 draws every object at the one size "
+                   "the benchmark's silhouettes are judged at, which the jittered prior only matched to IoU 0.85-0.91")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from an exported prior folder's weights (model and EMA; fresh optimiser, warm-up "
+                   "and random streams) instead of from scratch; its recorded option history carries over")
     p.add_argument("--camera-drop", type=float, default=0.1)
     p.add_argument("--caption-drop", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
@@ -81,12 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_data(args: argparse.Namespace, components: PriorComponents) -> dict:
     """The rendered dataset (cached on disk) with pre-tokenised captions."""
-    cache = args.work_dir / f"prior_data_seed{args.seed}_n{args.n_data}.pt"
+    jitter = "" if args.scale_jitter == SCALE_JITTER else f"_jitter{args.scale_jitter:g}"
+    cache = args.work_dir / f"prior_data_seed{args.seed}_n{args.n_data}{jitter}.pt"
     if cache.exists():
         data = torch.load(cache)
     else:
         t0 = time.time()
-        data = make_dataset(args.n_data, seed=args.seed + 1000, progress=False)
+        data = make_dataset(args.n_data, seed=args.seed + 1000, progress=False, scale_jitter=args.scale_jitter)
         print(f"rendered {args.n_data} images in {time.time() - t0:.0f}s", flush=True)
         _atomic_save(data, cache)
     tok = components.tokenizer
@@ -142,7 +151,8 @@ def export(args: argparse.Namespace, ema: PriorComponents, step: int, loss: floa
             "min_snr_from_step": args.min_snr_from_step, "cube_weight": args.cube_weight,
             "cube_weight_from_step": args.cube_weight_from_step, "pose_harmonics": args.pose_harmonics,
             "pose_from_step": args.pose_from_step, "x0_weight_cap": args.x0_weight_cap,
-            "x0_weight_from_step": args.x0_weight_from_step,
+            "x0_weight_from_step": args.x0_weight_from_step, "scale_jitter": args.scale_jitter,
+            "scale_jitter_from_step": args.scale_jitter_from_step, "init_from_step": args.init_from_step,
             "loss_note": "final_loss is the running mean of the (Min-SNR weighted) epsilon MSE"}
     save_components(ema, tmp, meta)
     (tmp / "README.md").write_text(model_card(meta))
@@ -180,6 +190,8 @@ on a white background. Pixel space (no VAE), 32x32 RGB in [-1, 1], epsilon predi
   (x0-space weight at large t); the final loss above is the running mean of the weighted loss.
 - Cube images drawn with weight {meta["cube_weight"]} from step {meta["cube_weight_from_step"]} (uniform before): the
   cube carries the azimuth signal.
+- Object size: 1 ± {meta["scale_jitter"]} of the canonical primitive from step {meta["scale_jitter_from_step"]}
+  (1 ± {SCALE_JITTER} before).{init_note(meta)}
 
 Reproduce (each option above switched on at its step, so one command per stage; a stage may be stopped and resumed
 at any step, since the checkpoint holds the optimiser and random states):
@@ -190,6 +202,14 @@ Load: `dreamnfsd.guidance.priors.builtin.load_components(folder)`; sample with `
 """
 
 
+def init_note(meta: dict) -> str:
+    init = meta.get("init_from_step", 0)
+    if not init:
+        return ""
+    return (f"\n- Steps {init + 1}-{meta['train_steps']} continued from the step-{init} export's weights with a fresh "
+            "optimiser (its training checkpoint was not kept), so the chain below restarts there with `--init-from`.")
+
+
 def reproduce_commands(meta: dict) -> str:
     """The stage-by-stage commands that rebuild an export from its recorded option history."""
     off = {  # option: (the step it took effect, its value before, its value after)
@@ -197,23 +217,61 @@ def reproduce_commands(meta: dict) -> str:
         "--cube-weight": (meta["cube_weight_from_step"], 1, meta["cube_weight"]),
         "--pose-harmonics": (meta["pose_from_step"], 0, meta["pose_harmonics"]),
         "--x0-weight-cap": (meta["x0_weight_from_step"], 0, meta["x0_weight_cap"]),
+        "--scale-jitter": (meta.get("scale_jitter_from_step", 0), SCALE_JITTER, meta.get("scale_jitter", SCALE_JITTER)),
     }
+    init = meta.get("init_from_step", 0)
     ema = {s: d for s, d in meta["ema_history"]}
-    stops = sorted({s for s, _, _ in off.values() if s > 0} | {s for s in ema if s > 0} | {meta["train_steps"]})
+    stops = sorted({s for s, _, _ in off.values() if s > 0} | {s for s in ema if s > 0} | {init} - {0}
+                   | {meta["train_steps"]})
+    init_dir = f"work_data/prior_step{init}"
     lines, start = [], 0
     for stop in stops:
         opts = [f"{k} {after if start >= s else before}" for k, (s, before, after) in off.items()]
+        if opts[-1] == f"--scale-jitter {SCALE_JITTER}":
+            opts.pop()  # the default: keeps the commands of exports from before the option unchanged
         decay = [d for s, d in meta["ema_history"] if s <= start][-1]
-        resume = " --resume" if start else ""
-        lines.append(f"    python scripts/train_builtin_prior.py --seed {meta['seed']}{resume} --steps {stop} "
-                     f"{' '.join(opts)} --ema {decay}")
+        if start == 0:
+            how = ""
+        elif start == init:
+            how = f" --init-from {init_dir} --work-dir work_data/from_step{init}"
+        else:
+            how = " --resume" + (f" --work-dir work_data/from_step{init}" if init and start > init else "")
+        out = f" --out {init_dir}" if stop == init else ""
+        lines.append(f"    python scripts/train_builtin_prior.py --seed {meta['seed']}{how} --steps {stop} "
+                     f"{' '.join(opts)} --ema {decay}{out}")
         start = stop
     return "\n".join(lines)
+
+
+def init_from(args: argparse.Namespace, model: PriorComponents, ema: PriorComponents) -> int:
+    """Load an exported prior into ``model`` and ``ema`` and take over its option history; returns its step."""
+    meta = load_metadata(args.init_from)
+    if meta.get("pose_harmonics", 0) != args.pose_harmonics:
+        sys.exit(f"error: --init-from {args.init_from} has pose_harmonics={meta.get('pose_harmonics', 0)}; "
+                 f"pass --pose-harmonics {meta.get('pose_harmonics', 0)}")
+    src = load_components(args.init_from)
+    for target in (model, ema):
+        target.unet.load_state_dict(src.unet.state_dict())
+        target.text_encoder.load_state_dict(src.text_encoder.state_dict())
+    step = meta["train_steps"]
+    for key in ("min_snr_from_step", "cube_weight_from_step", "pose_from_step", "x0_weight_from_step",
+                "scale_jitter_from_step"):
+        setattr(args, key, meta.get(key, 0))
+    changed = {"min_snr_gamma": "min_snr_from_step", "cube_weight": "cube_weight_from_step",
+               "x0_weight_cap": "x0_weight_from_step", "scale_jitter": "scale_jitter_from_step"}
+    for option, key in changed.items():
+        if getattr(args, option) != meta.get(option, SCALE_JITTER if option == "scale_jitter" else None):
+            setattr(args, key, step)
+    args.ema_history = meta["ema_history"] + ([[step, args.ema]] if meta["ema_history"][-1][1] != args.ema else [])
+    args.init_from_step = args.warmup_from_step = step
+    print(f"initialised from {args.init_from} (step {step}); fresh optimiser", flush=True)
+    return step
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.min_snr_from_step = args.cube_weight_from_step = args.pose_from_step = args.x0_weight_from_step = 0
+    args.scale_jitter_from_step = args.init_from_step = args.warmup_from_step = 0
     args.ema_history = [[0, args.ema]]
     start = time.time()
     torch.set_num_threads(args.threads)
@@ -259,10 +317,17 @@ def main(argv: list[str] | None = None) -> None:
         if args.ema_history[-1][1] != args.ema:
             args.ema_history.append([step, args.ema])
         args.pose_from_step = step if adding_pose else ck.get("pose_from_step", 0)
+        args.init_from_step = args.warmup_from_step = ck.get("init_from_step", 0)
+        args.scale_jitter_from_step = ck.get("scale_jitter_from_step", 0)
+        if args.scale_jitter != old.get("scale_jitter", SCALE_JITTER):
+            args.scale_jitter_from_step = step
         print(f"resumed from {ckpt_path} at step {step}" + (" (pose embedding added)" if adding_pose else ""),
               flush=True)
-    elif pose:
-        opt.add_param_group(pose_group)
+    else:
+        if pose:
+            opt.add_param_group(pose_group)
+        if args.init_from is not None:
+            step = init_from(args, model, ema)
 
     def save_checkpoint() -> None:
         _atomic_save({
@@ -272,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
             "step": step, "loss_avg": loss_avg, "args": vars(args), "min_snr_from_step": args.min_snr_from_step,
             "cube_weight_from_step": args.cube_weight_from_step, "pose_from_step": args.pose_from_step,
             "x0_weight_from_step": args.x0_weight_from_step, "ema_history": args.ema_history,
+            "scale_jitter_from_step": args.scale_jitter_from_step, "init_from_step": args.init_from_step,
         }, ckpt_path)
 
     if args.steps <= step:
@@ -295,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         if step == 0:
             log.write("step,loss,lr,elapsed_s,steps_per_s\n")
         while step < args.steps and (time.time() - start) / 60 < args.max_minutes and not stop["flag"]:
-            lr = args.lr * min(1.0, (step + 1) / args.warmup)
+            lr = args.lr * min(1.0, (step - args.warmup_from_step + 1) / args.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
             idx = torch.multinomial(weights, args.batch, replacement=True, generator=g)

@@ -40,3 +40,27 @@ def test_train_export_resume_and_add_the_pose_embedding(tmp_path):
     assert "--seed 0 --resume --steps 3 --min-snr-gamma 5.0 --cube-weight 2.0 --pose-harmonics 4" in card
     prior = PixelPrior.from_pretrained(str(tmp_path / "prior"))
     assert prior.camera_aware and pose_harmonics(prior.unet) == 4
+
+
+def test_init_from_an_export_continues_its_steps_and_records_the_size_change(tmp_path):
+    script = _script()
+    common = ["--n-data", "32", "--batch", "4", "--threads", "1", "--export-every", "0"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    with torch.random.fork_rng():
+        script.main([*common, "--steps", "2", "--work-dir", str(first), "--out", str(first / "prior")])
+        script.main([*common, "--steps", "4", "--work-dir", str(second), "--out", str(second / "prior"),
+                     "--init-from", str(first / "prior"), "--scale-jitter", "0", "--ema", "0.99"])
+    assert (second / "prior_data_seed0_n32_jitter0.pt").exists()  # the jittered cache is not reused
+    ck = torch.load(second / "prior_ckpt_seed0.pt", weights_only=False)
+    assert ck["step"] == 4 and ck["init_from_step"] == 2 and ck["scale_jitter_from_step"] == 2
+    meta = json.loads((second / "prior" / "dreamnfsd_prior.json").read_text())
+    assert meta["train_steps"] == 4 and meta["scale_jitter"] == 0 and meta["ema_history"] == [[0, 0.999], [2, 0.99]]
+    card = (second / "prior" / "README.md").read_text()
+    assert "--seed 0 --steps 2 " in card and "--ema 0.999 --out work_data/prior_step2" in card
+    assert ("--seed 0 --init-from work_data/prior_step2 --work-dir work_data/from_step2 --steps 4 "
+            "--min-snr-gamma 5.0 --cube-weight 2.0 --pose-harmonics 4 --x0-weight-cap 10.0 --scale-jitter 0.0 "
+            "--ema 0.99") in card
+    # The export loads and its weights moved from the initial ones.
+    a = PixelPrior.from_pretrained(str(first / "prior")).unet.conv_in.weight
+    b = PixelPrior.from_pretrained(str(second / "prior")).unet.conv_in.weight
+    assert a.shape == b.shape and not torch.equal(a, b)

@@ -250,8 +250,11 @@ def make_dataset(
     degrade_prob: float = 0.15,
     chunk: int = 1024,
     progress: bool = False,
+    scale_jitter: float = SCALE_JITTER,
 ) -> dict:
     """Render ``n`` random captioned images, reproducibly from ``seed``.
+
+    ``scale_jitter`` only resizes the objects: the random stream, and so every other property, does not depend on it.
 
     Returns:
         dict with rgb (N, 3, H, W) uint8, mask (N, 1, H, W) uint8 coverage*255, shape_idx / color_idx (N,) long,
@@ -267,7 +270,9 @@ def make_dataset(
     rgbs, masks = [], []
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
-        out = render_primitives(shape_idx[sl], color_idx[sl], azimuth[sl], elevation[sl], resolution, generator=g)
+        out = render_primitives(
+            shape_idx[sl], color_idx[sl], azimuth[sl], elevation[sl], resolution, scale_jitter=scale_jitter, generator=g
+        )
         rgbs.append(out["rgb"])
         masks.append((out["mask"] * 255).round().to(torch.uint8))
         if progress:
