@@ -33,6 +33,7 @@ commit), so a killed benchmark resumes where it stopped, and
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import tempfile
@@ -62,7 +63,6 @@ VIEW_GROUPS = {"side": (15.0, range(0, 360, 45)), "mid": (45.0, range(0, 360, 90
 # Sizes tried by the IoU-at-any-scale diagnostic: the prior's training jitter (±10%) and a little beyond.
 FIT_SCALES = torch.arange(0.85, 1.151, 0.01)
 # Sizes of the reference "perfect samples": the prior's training images, spread evenly over its size jitter.
-REFERENCE_SCALES = torch.linspace(1 - SCALE_JITTER, 1 + SCALE_JITTER, 9)
 AMBIENT = 0.3  # the built-in domain's renders use 0.3 ambient + 0.7 diffuse
 
 
@@ -108,17 +108,18 @@ def evaluate(trainer: Trainer, prompt: str, classifier, resolution: int) -> tupl
     return result, sheet_views, shaded["opacity"][..., 0]
 
 
-def size_reference(shape: str, resolution: int) -> dict[str, float]:
+def size_reference(shape: str, resolution: int, jitter: float = SCALE_JITTER) -> dict[str, float]:
     """Mean IoU, per view group, that the prior's own training images would score: the true primitive at sizes
-    spread over the training jitter, against the canonical size at the true rotation. A perfect sample of the prior
-    lands here on average, so it calibrates the IoU columns (at 32 px a 5% size error costs about 0.1)."""
+    spread over the training jitter (1 ± ``jitter``), against the canonical size at the true rotation. A perfect
+    sample of the prior lands here on average, so it calibrates the IoU columns (at 32 px a 5% size error costs
+    about 0.1)."""
     cams, groups = view_cameras(resolution)
     out = {}
     for g in ("side", "top"):
         az, el = cams.azimuth[groups[g]], cams.elevation[groups[g]]
         truth = true_masks(shape, az, el, resolution)
         ious = [float(mask_iou(true_masks(shape, az, el, resolution, s), truth).mean())
-                for s in REFERENCE_SCALES.tolist()]
+                for s in torch.linspace(1 - jitter, 1 + jitter, 9).tolist()]
         out[g] = round(sum(ious) / len(ious), 3)
     return out
 
@@ -156,7 +157,8 @@ def run_one(prompt: str, method: str, args, prior, classifier) -> tuple[dict, to
     return metrics, views, opacity
 
 
-def summarise(runs: list[dict], resolution: int, prior_sizes: dict[str, float] | None = None) -> dict:
+def summarise(runs: list[dict], resolution: int, prior_sizes: dict[str, float] | None = None,
+              jitter: float = SCALE_JITTER) -> dict:
     out = {}
     for method in sorted({r["method"] for r in runs}):
         rs = [r for r in runs if r["method"] == method]
@@ -168,7 +170,8 @@ def summarise(runs: list[dict], resolution: int, prior_sizes: dict[str, float] |
                 per_shape[shape] = {g: round(mean([r["iou"][g] for r in srs]), 3) for g in ("side", "top")}
                 per_shape[shape].update({f"{g}_any_scale": round(mean([r["iou_any_scale"][g] for r in srs]), 3)
                                          for g in ("side", "top")})
-                per_shape[shape].update({f"{g}_reference": v for g, v in size_reference(shape, resolution).items()})
+                reference = size_reference(shape, resolution, jitter)
+                per_shape[shape].update({f"{g}_reference": v for g, v in reference.items()})
                 per_shape[shape]["fitted_size"] = round(mean([r["fitted_scale"]["side"] for r in srs]), 3)
                 if prior_sizes:
                     per_shape[shape]["prior_sample_size"] = prior_sizes[shape]
@@ -257,8 +260,19 @@ def save_run(runs_dir: Path, metrics: dict, views: torch.Tensor, opacity: torch.
     atomic_write_bytes((json.dumps(metrics, indent=1) + "\n").encode(), runs_dir / f"{key}.json")
 
 
+PRIOR_WEIGHTS = ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors")
+
+
+def prior_id(folder: str | Path) -> str:
+    """A short hash of a prior folder's weights: saved runs of another prior must not mix into a report."""
+    digest = hashlib.sha256()
+    for name in PRIOR_WEIGHTS:
+        digest.update((Path(folder) / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def load_finished(runs_dir: Path, prompts: list[str], methods: list[str], args) -> dict[str, tuple[dict, torch.Tensor]]:
-    """Saved runs of this benchmark (same steps, seed and overrides) by run_key: (metrics, views (V, H, W, 3))."""
+    """Saved runs of this benchmark (same steps, seed, overrides, prior) by run_key: (metrics, views (V, H, W, 3))."""
     import imageio.v2 as imageio
 
     done = {}
@@ -273,6 +287,9 @@ def load_finished(runs_dir: Path, prompts: list[str], methods: list[str], args) 
                                                                                    args.overrides):
                 raise SystemExit(f"--out-dir: {path} was run with other settings (steps {metrics['steps']}, seed "
                                  f"{metrics['seed']}, overrides {metrics.get('overrides')}); pick a new --out-dir")
+            if metrics.get("prior") != args.prior_id:
+                raise SystemExit(f"--out-dir: {path} was run with another prior (weights {metrics.get('prior')}, "
+                                 f"this one {args.prior_id}); pick a new --out-dir")
             strip = torch.from_numpy(imageio.imread(runs_dir / f"{key}.png")[..., :3]).float() / 255
             done[key] = (metrics, torch.stack(strip.split(strip.shape[0], dim=1)))
     return done
@@ -293,7 +310,9 @@ def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, 
         components = builtin.load_components(args.prior_folder or builtin.DEFAULT_DIR)
         shapes = {p.split()[-1] for p in paired}
         prior_sizes = {shape: prior_sample_size(components, shape, args.resolution, args.seed) for shape in shapes}
-    summary = summarise(runs, args.resolution, prior_sizes)
+    # The "training images" calibration uses the size jitter the prior was trained with (older exports: the default).
+    jitter = builtin.load_metadata(args.prior_folder or builtin.DEFAULT_DIR).get("scale_jitter", SCALE_JITTER)
+    summary = summarise(runs, args.resolution, prior_sizes, jitter)
     missing = [run_key(p, m) for p in prompts for m in methods if p not in paired]
     report = {"summary": summary, "runs": runs, "steps": args.steps, "seed": args.seed, "prompts": prompts,
               "missing": missing}
@@ -328,6 +347,7 @@ def main() -> None:
     if args.steps is None:
         args.steps = 30 if args.quick else int(compose(["prompt=x", "prior=builtin"], config_dir()).train.steps)
 
+    args.prior_id = prior_id(args.prior_folder or builtin.DEFAULT_DIR)
     shard, n_shards = parse_shard(args.shard)
     out = Path(args.out_dir)
     runs_dir = out / "runs"
@@ -343,7 +363,7 @@ def main() -> None:
         classifier = load_classifier()
     for prompt, method in todo:
         metrics, views, opacity = run_one(prompt, method, args, prior, classifier)
-        metrics["overrides"] = args.overrides
+        metrics["overrides"], metrics["prior"] = args.overrides, args.prior_id
         save_run(runs_dir, metrics, views, opacity)
         done[run_key(prompt, method)] = (metrics, views)
         print(f"{prompt:<18} {method:<5} R-prec {metrics['r_precision']:.0%}  IoU side {metrics['iou']['side']:.3f}"
