@@ -307,11 +307,11 @@ def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, 
     sheet_rows = {p: {m: done[run_key(p, m)][1] for m in methods} for p in paired}
     prior_sizes = None
     if args.prior_sizes:
-        components = builtin.load_components(args.prior_folder or builtin.DEFAULT_DIR)
+        components = builtin.load_components(args.prior_dir)
         shapes = {p.split()[-1] for p in paired}
         prior_sizes = {shape: prior_sample_size(components, shape, args.resolution, args.seed) for shape in shapes}
     # The "training images" calibration uses the size jitter the prior was trained with (older exports: the default).
-    jitter = builtin.load_metadata(args.prior_folder or builtin.DEFAULT_DIR).get("scale_jitter", SCALE_JITTER)
+    jitter = builtin.load_metadata(args.prior_dir).get("scale_jitter", SCALE_JITTER)
     summary = summarise(runs, args.resolution, prior_sizes, jitter)
     missing = [run_key(p, m) for p in prompts for m in methods if p not in paired]
     report = {"summary": summary, "runs": runs, "steps": args.steps, "seed": args.seed, "prompts": prompts,
@@ -347,7 +347,8 @@ def main() -> None:
     if args.steps is None:
         args.steps = 30 if args.quick else int(compose(["prompt=x", "prior=builtin"], config_dir()).train.steps)
 
-    args.prior_id = prior_id(args.prior_folder or builtin.DEFAULT_DIR)
+    args.prior_dir = args.prior_folder or builtin.DEFAULT_DIR
+    args.prior_id = prior_id(args.prior_dir)
     shard, n_shards = parse_shard(args.shard)
     out = Path(args.out_dir)
     runs_dir = out / "runs"

@@ -11,6 +11,7 @@ import sys
 import imageio.v2 as imageio
 import pytest
 
+from dreamnfsd.data import SCALE_JITTER
 from dreamnfsd.guidance.priors.builtin import DEFAULT_DIR, load_metadata
 from tests.conftest import REPO
 
@@ -53,7 +54,7 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
                     "iou_any_scale_side", "iou_any_scale_top"):
             assert summary[key] is not None, key
         assert set(summary["iou_per_shape"]) == {"cube", "sphere"}
-        jitter = load_metadata(DEFAULT_DIR).get("scale_jitter", 0.1)
+        jitter = load_metadata(DEFAULT_DIR).get("scale_jitter", SCALE_JITTER)
         for per_shape in summary["iou_per_shape"].values():
             # the prior's own training images score below 1 against the canonical size if their size was jittered
             for ref in (per_shape["side_reference"], per_shape["top_reference"]):
