@@ -137,6 +137,10 @@ def validate(cfg: RunConfig) -> None:
     for key in ("train.albedo_ratio", "train.textureless_ratio"):
         value = getattr(cfg.train, key.split(".")[1])
         _require(0 <= value <= 1, key, f"must be a share in [0, 1], got {value}")
+    jitter = cfg.train.background_jitter
+    _require(0 <= jitter <= 1, "train.background_jitter", f"must be in [0, 1] (0 turns it off), got {jitter}")
+    _require(jitter == 0 or cfg.background.kind == "constant", "train.background_jitter",
+             f"needs background.kind=constant (got {cfg.background.kind}); set train.background_jitter=0")
     if cfg.export.threshold != "auto":
         try:
             float(cfg.export.threshold)

@@ -25,6 +25,7 @@ from dreamnfsd.rendering import (
     render_weights,
 )
 from dreamnfsd.rendering.occupancy_grid import lookup_bits, world_to_cell
+from dreamnfsd.train.shading import jittered_backgrounds
 
 BOX = torch.tensor([-1.0, -1, -1, 1, 1, 1])
 
@@ -352,3 +353,36 @@ def test_background_kinds_and_override():
     o, d = turntable_cameras(2, height=4, width=4).rays()
     out = renderer_for(field).render(o, d, background_color=torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
     assert torch.equal(out["rgb"][1, 2, 2], torch.tensor([0.0, 1.0, 0.0]))
+
+
+def test_jittered_backgrounds_are_greys_of_the_colour_in_range():
+    color = torch.tensor([1.0, 0.5, 0.25])
+    bgs = jittered_backgrounds(color, 256, 0.4, torch.Generator().manual_seed(0))
+    factor = bgs / color
+    assert bgs.shape == (256, 3) and torch.allclose(factor, factor[:, :1].expand(-1, 3))  # a grey times the colour
+    assert factor.min() >= 0.6 and factor.max() <= 1.0 and factor.min() < 0.62 and factor.max() > 0.98
+    again = jittered_backgrounds(color, 256, 0.4, torch.Generator().manual_seed(0))
+    assert torch.equal(bgs, again)
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.5])
+def test_background_jitter_recolours_each_training_views_background(tiny_pixel_prior, tmp_path, jitter):
+    from dreamnfsd.cli import config_dir
+    from dreamnfsd.guidance.priors import load_prior
+    from dreamnfsd.train.preflight import compose, to_run_config
+    from dreamnfsd.train.trainer import Trainer
+    from tests.conftest import tiny_run_overrides
+
+    cfg = to_run_config(compose(["prompt=a red cube", *tiny_run_overrides(tiny_pixel_prior, tmp_path),
+                                 "train.batch_size=4", f"train.background_jitter={jitter}"], config_dir()))
+    trainer = Trainer(cfg, tmp_path / "run", torch.device("cpu"), load_prior(cfg.prior))
+    seen = []
+    render = trainer.scene.renderer.render
+    trainer.scene.renderer.render = lambda *a, **k: seen.append(k["background_color"]) or render(*a, **k)
+    assert trainer.train_step().finite
+    if jitter == 0:
+        assert seen == [None]  # the background module's own colour (white), as before the option existed
+    else:
+        factor = seen[0] / trainer.scene.background.color  # (B, 3): one grey per view
+        assert factor.shape == (4, 3) and (factor >= 0.5).all() and (factor <= 1).all()
+        assert len(set(factor[:, 0].tolist())) == 4

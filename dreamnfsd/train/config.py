@@ -20,6 +20,9 @@ class TrainConfig:
     ambient: float = 0.1
     light_distance_range: tuple[float, float] = (0.8, 1.5)  # as a multiple of the camera distance
     light_jitter: float = 0.3
+    # Each training view's background is the background colour times a random grey in [1 - jitter, 1]: a surface
+    # coloured like the background (a membrane across a hole) then shows, so the prior can object to it.
+    background_jitter: float = 0.0
     # Regulariser weights.
     lambda_entropy: float = 1e-3
     lambda_sparsity: float = 0.0

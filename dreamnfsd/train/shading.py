@@ -1,4 +1,4 @@
-"""DreamFusion's shading schedule and point lights near the camera."""
+"""DreamFusion's shading schedule, point lights near the camera, and training backgrounds."""
 
 from __future__ import annotations
 
@@ -27,3 +27,9 @@ def light_positions(cameras: CameraBatch, cfg: TrainConfig, generator: torch.Gen
     scale = lo + (hi - lo) * torch.rand(b, 1, generator=generator).to(eye)
     jitter = cfg.light_jitter * torch.randn(b, 3, generator=generator).to(eye)
     return eye * scale + jitter * eye.norm(dim=-1, keepdim=True)
+
+
+def jittered_backgrounds(color: Tensor, batch_size: int, jitter: float, generator: torch.Generator) -> Tensor:
+    """Per-view background colours ``color * f``, f a random grey in [1 - jitter, 1]. color (3,) -> (B, 3)."""
+    factor = 1.0 - jitter * torch.rand(batch_size, 1, generator=generator)
+    return factor.to(color) * color

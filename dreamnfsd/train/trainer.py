@@ -17,7 +17,7 @@ from dreamnfsd.guidance import Guidance
 from dreamnfsd.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from dreamnfsd.train.regularizers import opacity_entropy, opacity_sparsity
 from dreamnfsd.train.scene import Scene, build_scene
-from dreamnfsd.train.shading import choose_shading, light_positions
+from dreamnfsd.train.shading import choose_shading, jittered_backgrounds, light_positions
 from dreamnfsd.utils.errors import UserError
 from dreamnfsd.utils.timing import PhaseTimer
 
@@ -150,10 +150,12 @@ class Trainer:
             need_normals = shading != "albedo" or (
                 tc.lambda_orientation > 0 and self.step >= tc.shading_warmup_steps
             )
+            backgrounds = None if tc.background_jitter == 0 else jittered_backgrounds(
+                self.scene.background.color, len(cams), tc.background_jitter, self.generator)
             origins, dirs = cams.rays()
             out = self.scene.renderer.render(
                 origins, dirs, shading=shading, light_positions=lights, ambient=tc.ambient,
-                need_normals=need_normals, generator=self.render_generator,
+                need_normals=need_normals, generator=self.render_generator, background_color=backgrounds,
             )
         with timer("guidance"):
             z = self.prior.to_model_space(out["rgb"].float().permute(0, 3, 1, 2))  # (B, 3, H, W) -> model space
