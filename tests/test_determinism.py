@@ -43,7 +43,7 @@ STEPS, EVERY = 12, 2  # room after the 4th interruption, which comes after the c
 # occupancy-grid updates (with their jitter) every 3 steps from step 3, out of step with the checkpoints so a resume
 # lands between updates. (Not grid.update_fraction < 1: see test_partial_grid_update_is_deterministic.)
 RUN_ARGS = [f"train.steps={STEPS}", f"train.ckpt_every={EVERY}", "train.val_every=4", "train.shading_warmup_steps=4",
-            "grid.warmup_steps=3", "grid.update_every=3", "export.video=false", "train.background_jitter=0.3"]
+            "grid.warmup_steps=3", "grid.update_every=3", "export.video=false"]
 RUN_DEPENDENT = ("wall_time",)
 CONFIG_RUN_DEPENDENT = ("output_dir", "resume", "output_root")
 
