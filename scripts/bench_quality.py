@@ -330,7 +330,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"prompts {QUICK_PROMPTS}, 30 steps")
     parser.add_argument("--prompts", nargs="*", default=None,
-                        help="default: all 25 (config overrides go before --prompts)")
+                        help="default: all 25 (an item with \"=\" is taken as a config override)")
     parser.add_argument("--methods", nargs="*", default=["sds", "nfsd"])
     parser.add_argument("--steps", type=int, default=None, help="default: the built-in preset's steps")
     parser.add_argument("--seed", type=int, default=0)
@@ -343,6 +343,10 @@ def main() -> None:
                         help="also fit the size of the prior's own samples of each shape (seconds a shape)")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every run")
     args = parser.parse_args()
+    if args.prompts:
+        # argparse gives "--prompts a b key=value" all to --prompts; no prompt contains "=", overrides always do.
+        args.overrides += [p for p in args.prompts if "=" in p]
+        args.prompts = [p for p in args.prompts if "=" not in p]
     prompts = args.prompts or (QUICK_PROMPTS if args.quick else ALL_PROMPTS)
     if args.steps is None:
         args.steps = 30 if args.quick else int(compose(["prompt=x", "prior=builtin"], config_dir()).train.steps)
