@@ -193,7 +193,7 @@ def summarise(runs: list[dict], resolution: int, prior_sizes: dict[str, float] |
     return out
 
 
-def markdown(summary: dict, runs: list[dict]) -> str:
+def markdown(summary: dict, runs: list[dict], missing: list[str] = ()) -> str:
     lines = ["| method | scale | R-precision | IoU side | IoU top | worst shape/group IoU | cube top rot. var. | "
              "colour err | broken views | s/run | IoU any size side / top |", "|---" * 11 + "|"]
     for m, s in summary.items():
@@ -211,6 +211,10 @@ def markdown(summary: dict, runs: list[dict]) -> str:
                              f"{v['side_any_scale']:.3f} / {v['top_any_scale']:.3f} | "
                              f"{v['side_reference']:.3f} / {v['top_reference']:.3f} | {v['fitted_size']:.3f} | "
                              f"{v.get('prior_sample_size', '–')} |")
+    overrides = runs[0].get("overrides") or []
+    lines += ["", f"Config overrides on the built-in preset: {' '.join(f'`{o}`' for o in overrides) or 'none'}."]
+    if missing:
+        lines += [f"Not yet run by every method, so left out above: {', '.join(missing)}."]
     lines += ["", "| prompt | method | R-precision | IoU side | IoU top | top rot. var. | colour err | fitted size |",
               "|---|---|---|---|---|---|---|---|"]
     for r in runs:
@@ -315,11 +319,12 @@ def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, 
     summary = summarise(runs, args.resolution, prior_sizes, jitter)
     missing = [run_key(p, m) for p in prompts for m in methods if p not in paired]
     report = {"summary": summary, "runs": runs, "steps": args.steps, "seed": args.seed, "prompts": prompts,
-              "missing": missing}
+              "overrides": args.overrides, "missing": missing}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(summary, runs))
+    table = markdown(summary, runs, missing)
+    (out / "results.md").write_text(table)
     imageio.imwrite(out / "contact_sheet.png", to_uint8(contact_sheet(sheet_rows, methods)))
-    print(markdown(summary, runs))
+    print(table)
     if missing:
         print(f"not in the summary, not finished by every method yet ({len(missing)} runs, finished ones kept): "
               f"{', '.join(missing)}")
