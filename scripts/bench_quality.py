@@ -193,7 +193,7 @@ def summarise(runs: list[dict], resolution: int, prior_sizes: dict[str, float] |
     return out
 
 
-def markdown(summary: dict, runs: list[dict], missing: list[str] = ()) -> str:
+def markdown(summary: dict, runs: list[dict], overrides: list[str] = (), missing: list[str] = ()) -> str:
     lines = ["| method | scale | R-precision | IoU side | IoU top | worst shape/group IoU | cube top rot. var. | "
              "colour err | broken views | s/run | IoU any size side / top |", "|---" * 11 + "|"]
     for m, s in summary.items():
@@ -211,10 +211,10 @@ def markdown(summary: dict, runs: list[dict], missing: list[str] = ()) -> str:
                              f"{v['side_any_scale']:.3f} / {v['top_any_scale']:.3f} | "
                              f"{v['side_reference']:.3f} / {v['top_reference']:.3f} | {v['fitted_size']:.3f} | "
                              f"{v.get('prior_sample_size', '–')} |")
-    overrides = runs[0].get("overrides") or []
     lines += ["", f"Config overrides on the built-in preset: {' '.join(f'`{o}`' for o in overrides) or 'none'}."]
     if missing:
-        lines += [f"Not yet run by every method, so left out above: {', '.join(missing)}."]
+        lines += [f"Not yet run by every method, so left out above ({len(missing)} runs, finished ones kept): "
+                  f"{', '.join(missing)}."]
     lines += ["", "| prompt | method | R-precision | IoU side | IoU top | top rot. var. | colour err | fitted size |",
               "|---|---|---|---|---|---|---|---|"]
     for r in runs:
@@ -321,13 +321,10 @@ def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, 
     report = {"summary": summary, "runs": runs, "steps": args.steps, "seed": args.seed, "prompts": prompts,
               "overrides": args.overrides, "missing": missing}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(summary, runs, missing)
+    table = markdown(summary, runs, args.overrides, missing)
     (out / "results.md").write_text(table)
     imageio.imwrite(out / "contact_sheet.png", to_uint8(contact_sheet(sheet_rows, methods)))
     print(table)
-    if missing:
-        print(f"not in the summary, not finished by every method yet ({len(missing)} runs, finished ones kept): "
-              f"{', '.join(missing)}")
     print(f"wrote {out}/results.json, results.md, contact_sheet.png")
 
 

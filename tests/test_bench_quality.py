@@ -25,7 +25,9 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
 
     def bench(*extra, rc=0):
         proc = subprocess.run(
-            [sys.executable, "scripts/bench_quality.py", "--quick", "--steps", "4", "--out-dir", str(out), *extra],
+            # The override goes last, so where --prompts is given it must still be taken as an override.
+            [sys.executable, "scripts/bench_quality.py", "--quick", "--steps", "4", "--out-dir", str(out), *extra,
+             "train.num_threads=1"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
         )
         assert proc.returncode == rc, proc.stderr[-2000:]
@@ -33,11 +35,9 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
 
     # Two shards one after the other share the folder. The first runs SDS only, so no prompt has both methods yet
     # and no report is written (methods are compared on the same prompts only).
-    assert "no report written" in bench("train.num_threads=1", "--shard", "1/2")
-    assert not (out / "results.json").exists()
+    assert "no report written" in bench("--shard", "1/2") and not (out / "results.json").exists()
     # The second shard with a third prompt: its NFSD run is kept, but the prompt stays out of the summary.
-    # The override comes after --prompts this time: it must still be taken as an override (the runs record it).
-    bench("--shard", "2/2", "--prompts", "a red cube", "a blue sphere", "a green cube", "train.num_threads=1")
+    bench("--shard", "2/2", "--prompts", "a red cube", "a blue sphere", "a green cube")
     results = json.loads((out / "results.json").read_text())
     assert results["missing"] == ["a-green-cube.sds", "a-green-cube.nfsd"]
     assert [r["prompt"] for r in results["runs"]] == ["a red cube"] * 2 + ["a blue sphere"] * 2
@@ -45,7 +45,7 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
     assert results["overrides"] == ["train.num_threads=1"]
     assert "Not yet run by every method" in (out / "results.md").read_text()
     # Everything is saved: a rerun (or resume) trains nothing; this one also fits the prior's own samples' size.
-    assert re.search(r"R-prec \d", bench("train.num_threads=1", "--prior-sizes")) is None
+    assert re.search(r"R-prec \d", bench("--prior-sizes")) is None
     results = json.loads((out / "results.json").read_text())
     assert results["missing"] == []
     assert results["prompts"] == ["a red cube", "a blue sphere"] and results["steps"] == 4
@@ -78,4 +78,4 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
     # A saved run of another prior is refused, not mixed into the report.
     path = out / "runs" / "a-red-cube.sds.json"
     path.write_text(path.read_text().replace(run["prior"], "0123456789abcdef"))
-    assert "was run with another prior" in bench("train.num_threads=1", "--report-only", rc=1)
+    assert "was run with another prior" in bench("--report-only", rc=1)
