@@ -134,6 +134,9 @@ def validate(cfg: RunConfig) -> None:
     _require(a > 0, "camera.distance_range", f"must be positive distances, got [{a}, {b}]")
     a, b = pairs["camera.fov_range"]
     _require(a > 0 and b < 180, "camera.fov_range", f"must lie inside (0, 180) degrees, got [{a}, {b}]")
+    pj = cfg.camera.pixel_jitter
+    _require(0 <= pj <= 1, "camera.pixel_jitter",
+             f"must be in [0, 1] (a fraction of a pixel; 0 turns it off), got {pj}")
     for key in ("train.albedo_ratio", "train.textureless_ratio"):
         value = getattr(cfg.train, key.split(".")[1])
         _require(0 <= value <= 1, key, f"must be a share in [0, 1], got {value}")

@@ -12,7 +12,8 @@ three elevations (15°, 45°, 85°), and scores them with the shipped classifier
   the size that reaches it. The prior saw every primitive at 1 ± 10% scale, and at 32 px a primitive only 5% off in
   size scores about 0.9 against itself, so this column says how much of an IoU gap is size alone. Two calibrations
   per shape sit beside it: the IoU the prior's own training images score (sizes spread over its jitter), and, with
-  ``--prior-sizes``, the size at which the prior itself draws the shape (its DDIM samples, fitted the same way).
+  ``--prior-sizes``, the size at which the prior itself draws the shape (its DDIM samples, fitted the same way),
+  beside the size its own training images measure by that rule.
 
 Writes ``results.json``, ``results.md`` and ``contact_sheet.png`` (one row per prompt: SDS views | NFSD views).
 Each finished run is also saved under ``runs/`` as it ends (metrics JSON, views and opacity PNGs: small enough to
@@ -25,9 +26,11 @@ commit), so a killed benchmark resumes where it stopped, and
     # two 1-thread processes side by side on a small CPU (see README: OMP_WAIT_POLICY=PASSIVE); the thread count
     # comes from the environment, so the runs' recorded overrides stay those of the committed benchmark
     export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
-    .venv/bin/python scripts/bench_quality.py --shard 1/2 --out-dir docs/benchmarks/quality &
-    .venv/bin/python scripts/bench_quality.py --shard 2/2 --out-dir docs/benchmarks/quality
-    .venv/bin/python scripts/bench_quality.py --report-only --prior-sizes --out-dir docs/benchmarks/quality
+    .venv/bin/python scripts/bench_quality.py --shard 1/2 --out-dir docs/benchmarks/NAME &
+    .venv/bin/python scripts/bench_quality.py --shard 2/2 --out-dir docs/benchmarks/NAME
+    wait; .venv/bin/python scripts/bench_quality.py --report-only --prior-sizes --out-dir docs/benchmarks/NAME
+    # a folder's runs must match the call's steps, seed, prior and overrides (list them after --out-dir): a saved
+    # run of other settings stops the benchmark instead of mixing into its report
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import torch
 
 from dreamnfsd.cameras import CameraBatch
 from dreamnfsd.cli import config_dir
-from dreamnfsd.data import COLORS, SCALE_JITTER, SHAPES, make_cameras
+from dreamnfsd.data import COLORS, SCALE_JITTER, SHAPES, make_cameras, render_primitives
 from dreamnfsd.eval.classifier import classify, load_classifier
 from dreamnfsd.eval.metrics import best_rotation_iou, best_scale_iou, broken_views, colour_error, mask_iou, true_masks
 from dreamnfsd.export.video import to_uint8
@@ -124,20 +127,27 @@ def size_reference(shape: str, resolution: int, jitter: float = SCALE_JITTER) ->
     return out
 
 
-def prior_sample_size(components, shape: str, resolution: int, seed: int = 0) -> float:
-    """Median over the colours of the size at which the prior draws ``shape``: DDIM samples (sampler defaults) at the
-    side views' cameras, fitted jointly per colour by the size search a run gets, at the canonical rotation (the
-    camera-aware prior draws it there). A sample's silhouette is every pixel clearly off white."""
+def prior_sample_size(components, shape: str, resolution: int, seed: int = 0) -> tuple[float, float]:
+    """Medians over the colours of the size at which the prior draws ``shape`` and of the size its own training
+    images (the true primitive at scale 1) measure by the same rule: DDIM samples (sampler defaults) at the side
+    views' cameras, fitted jointly per colour by the size search a run gets, at the canonical rotation (the
+    camera-aware prior draws it there). A silhouette here is every pixel clearly off white, which takes in edge
+    pixels under half covered, so even the training images measure over 1 (cylinder 1.06, sphere 1.01): compare
+    the two numbers, not the first with 1."""
     cams, groups = view_cameras(resolution)
     az, el = cams.azimuth[groups["side"]], cams.elevation[groups["side"]]
     g = torch.Generator().manual_seed(seed)
-    sizes = []
+    off_white = lambda rgb: (1 - rgb).abs().amax(1) > 0.25  # (V, 3, H, W) -> (V, H, W)
+    sizes, reference = [], []
     for colour in COLORS:
         images = builtin.sample(components, [f"a {colour} {shape}"] * len(az), make_cameras(az, el, resolution),
                                 generator=g)
-        masks = (1 - images).abs().amax(1) > 0.25  # (V, H, W)
-        sizes.append(best_scale_iou(masks, shape, az, el, 0.0, FIT_SCALES)[1])
-    return round(float(torch.tensor(sizes).median()), 3)
+        sizes.append(best_scale_iou(off_white(images), shape, az, el, 0.0, FIT_SCALES)[1])
+        truth = render_primitives([shape] * len(az), [colour] * len(az), az, el, resolution, scale=torch.tensor(1.0),
+                                  generator=torch.Generator().manual_seed(seed))["rgb"]
+        reference.append(best_scale_iou(off_white(truth), shape, az, el, 0.0, FIT_SCALES)[1])
+    median = lambda xs: round(float(torch.tensor(xs).median()), 3)
+    return median(sizes), median(reference)
 
 
 def run_one(prompt: str, method: str, args, prior, classifier) -> tuple[dict, torch.Tensor, torch.Tensor]:
@@ -174,7 +184,7 @@ def summarise(runs: list[dict], resolution: int, prior_sizes: dict[str, float] |
                 per_shape[shape].update({f"{g}_reference": v for g, v in reference.items()})
                 per_shape[shape]["fitted_size"] = round(mean([r["fitted_scale"]["side"] for r in srs]), 3)
                 if prior_sizes:
-                    per_shape[shape]["prior_sample_size"] = prior_sizes[shape]
+                    per_shape[shape]["prior_sample_size"], per_shape[shape]["prior_image_size"] = prior_sizes[shape]
         cubes = [r["top_rotation_variation"] for r in rs if r["prompt"].endswith("cube")]
         out[method] = {
             "guidance_scale": rs[0]["guidance_scale"],
@@ -202,7 +212,7 @@ def markdown(summary: dict, runs: list[dict], overrides: list[str] = (), missing
                      f"{s['colour_error']:.3f} | {s['broken_view_share']:.1%} | {s['wall_time_s']} | "
                      f"{s['iou_any_scale_side']:.3f} / {s['iou_any_scale_top']:.3f} |")
     lines += ["", "| shape | method | IoU side | IoU top | IoU any size side / top | training images side / top | "
-              "fitted size (side) | prior samples' size |", "|---" * 8 + "|"]
+              "fitted size (side) | prior samples' / its images' size |", "|---" * 8 + "|"]
     for shape in SHAPES:
         for m, s in summary.items():
             if shape in s["iou_per_shape"]:
@@ -210,7 +220,7 @@ def markdown(summary: dict, runs: list[dict], overrides: list[str] = (), missing
                 lines.append(f"| {shape} | {m} | {v['side']:.3f} | {v['top']:.3f} | "
                              f"{v['side_any_scale']:.3f} / {v['top_any_scale']:.3f} | "
                              f"{v['side_reference']:.3f} / {v['top_reference']:.3f} | {v['fitted_size']:.3f} | "
-                             f"{v.get('prior_sample_size', '–')} |")
+                             f"{v.get('prior_sample_size', '–')} / {v.get('prior_image_size', '–')} |")
     lines += ["", f"Config overrides on the built-in preset: {' '.join(f'`{o}`' for o in overrides) or 'none'}."]
     if missing:
         lines += [f"Not yet run by every method, so left out above ({len(missing)} runs, finished ones kept): "

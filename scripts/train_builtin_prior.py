@@ -152,7 +152,7 @@ def export(args: argparse.Namespace, ema: PriorComponents, step: int, loss: floa
             "cube_weight_from_step": args.cube_weight_from_step, "pose_harmonics": args.pose_harmonics,
             "pose_from_step": args.pose_from_step, "x0_weight_cap": args.x0_weight_cap,
             "x0_weight_from_step": args.x0_weight_from_step, "scale_jitter": args.scale_jitter,
-            "scale_jitter_from_step": args.scale_jitter_from_step, "init_from_step": args.init_from_step,
+            "scale_jitter_from_step": args.scale_jitter_from_step, "init_steps": args.init_steps,
             "loss_note": "final_loss is the running mean of the (Min-SNR weighted) epsilon MSE"}
     save_components(ema, tmp, meta)
     (tmp / "README.md").write_text(model_card(meta))
@@ -202,12 +202,21 @@ Load: `dreamnfsd.guidance.priors.builtin.load_components(folder)`; sample with `
 """
 
 
+def init_steps(record: dict) -> list[int]:
+    """The steps at which training restarted from an export's weights (``init_from_step``: one restart, older)."""
+    if "init_steps" in record:
+        return list(record["init_steps"])
+    return [record["init_from_step"]] if record.get("init_from_step") else []
+
+
 def init_note(meta: dict) -> str:
-    init = meta.get("init_from_step", 0)
-    if not init:
+    inits = init_steps(meta)
+    if not inits:
         return ""
-    return (f"\n- Steps {init + 1}-{meta['train_steps']} continued from the step-{init} export's weights with a fresh "
-            "optimiser (its training checkpoint was not kept), so the chain below restarts there with `--init-from`.")
+    ends = [*inits[1:], meta["train_steps"]]
+    spans = "; ".join(f"steps {s + 1}-{e} from the step-{s} export" for s, e in zip(inits, ends))
+    return (f"\n- Continued from exported weights with a fresh optimiser ({spans}; those training checkpoints were "
+            "not kept), so the chain below restarts there with `--init-from`.")
 
 
 def reproduce_commands(meta: dict) -> str:
@@ -219,24 +228,24 @@ def reproduce_commands(meta: dict) -> str:
         "--x0-weight-cap": (meta["x0_weight_from_step"], 0, meta["x0_weight_cap"]),
         "--scale-jitter": (meta.get("scale_jitter_from_step", 0), SCALE_JITTER, meta.get("scale_jitter", SCALE_JITTER)),
     }
-    init = meta.get("init_from_step", 0)
+    inits = init_steps(meta)
     ema = {s: d for s, d in meta["ema_history"]}
-    stops = sorted({s for s, _, _ in off.values() if s > 0} | {s for s in ema if s > 0} | {init} - {0}
+    stops = sorted({s for s, _, _ in off.values() if s > 0} | {s for s in ema if s > 0} | set(inits)
                    | {meta["train_steps"]})
-    init_dir = f"work_data/prior_step{init}"
     lines, start = [], 0
     for stop in stops:
         opts = [f"{k} {after if start >= s else before}" for k, (s, before, after) in off.items()]
         if opts[-1] == f"--scale-jitter {SCALE_JITTER}":
             opts.pop()  # the default: keeps the commands of exports from before the option unchanged
         decay = [d for s, d in meta["ema_history"] if s <= start][-1]
+        since = [s for s in inits if s <= start]  # the restart this stage's work dir belongs to
         if start == 0:
             how = ""
-        elif start == init:
-            how = f" --init-from {init_dir} --work-dir work_data/from_step{init}"
+        elif start in inits:
+            how = f" --init-from work_data/prior_step{start} --work-dir work_data/from_step{start}"
         else:
-            how = " --resume" + (f" --work-dir work_data/from_step{init}" if init and start > init else "")
-        out = f" --out {init_dir}" if stop == init else ""
+            how = " --resume" + (f" --work-dir work_data/from_step{since[-1]}" if since else "")
+        out = f" --out work_data/prior_step{stop}" if stop in inits else ""
         lines.append(f"    python scripts/train_builtin_prior.py --seed {meta['seed']}{how} --steps {stop} "
                      f"{' '.join(opts)} --ema {decay}{out}")
         start = stop
@@ -263,7 +272,8 @@ def init_from(args: argparse.Namespace, model: PriorComponents, ema: PriorCompon
         if getattr(args, option) != meta.get(option, SCALE_JITTER if option == "scale_jitter" else None):
             setattr(args, key, step)
     args.ema_history = meta["ema_history"] + ([[step, args.ema]] if meta["ema_history"][-1][1] != args.ema else [])
-    args.init_from_step = args.warmup_from_step = step
+    args.init_steps = [*init_steps(meta), step]
+    args.warmup_from_step = step
     print(f"initialised from {args.init_from} (step {step}); fresh optimiser", flush=True)
     return step
 
@@ -271,7 +281,8 @@ def init_from(args: argparse.Namespace, model: PriorComponents, ema: PriorCompon
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.min_snr_from_step = args.cube_weight_from_step = args.pose_from_step = args.x0_weight_from_step = 0
-    args.scale_jitter_from_step = args.init_from_step = args.warmup_from_step = 0
+    args.scale_jitter_from_step = args.warmup_from_step = 0
+    args.init_steps = []
     args.ema_history = [[0, args.ema]]
     start = time.time()
     torch.set_num_threads(args.threads)
@@ -317,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.ema_history[-1][1] != args.ema:
             args.ema_history.append([step, args.ema])
         args.pose_from_step = step if adding_pose else ck.get("pose_from_step", 0)
-        args.init_from_step = args.warmup_from_step = ck.get("init_from_step", 0)
+        args.init_steps = init_steps(ck)
+        args.warmup_from_step = args.init_steps[-1] if args.init_steps else 0
         args.scale_jitter_from_step = ck.get("scale_jitter_from_step", 0)
         if args.scale_jitter != old.get("scale_jitter", SCALE_JITTER):
             args.scale_jitter_from_step = step
@@ -337,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
             "step": step, "loss_avg": loss_avg, "args": vars(args), "min_snr_from_step": args.min_snr_from_step,
             "cube_weight_from_step": args.cube_weight_from_step, "pose_from_step": args.pose_from_step,
             "x0_weight_from_step": args.x0_weight_from_step, "ema_history": args.ema_history,
-            "scale_jitter_from_step": args.scale_jitter_from_step, "init_from_step": args.init_from_step,
+            "scale_jitter_from_step": args.scale_jitter_from_step, "init_steps": args.init_steps,
         }, ckpt_path)
 
     if args.steps <= step:

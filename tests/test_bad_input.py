@@ -124,6 +124,7 @@ def _cases(w) -> dict[str, tuple[list[str], list[str]]]:
         "max_consecutive_skips zero": ([*p, "train.max_consecutive_skips=0"], ["train.max_consecutive_skips"]),
         "ckpt_every negative": ([*p, "train.ckpt_every=-1"], ["train.ckpt_every"]),
         "background jitter above 1": ([*p, "train.background_jitter=1.5"], ["train.background_jitter", "[0, 1]"]),
+        "pixel jitter above 1": ([*p, "camera.pixel_jitter=2"], ["camera.pixel_jitter", "[0, 1]"]),
         "background jitter on an mlp background": ([*p, "train.background_jitter=0.3", "background=mlp"],
                                                    ["train.background_jitter", "background.kind=constant"]),
     }

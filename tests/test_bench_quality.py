@@ -63,6 +63,7 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
             for ref in (per_shape["side_reference"], per_shape["top_reference"]):
                 assert (0.8 < ref < 1) if jitter else ref > 0.99
             assert 0.85 <= per_shape["fitted_size"] <= 1.15 and 0.85 <= per_shape["prior_sample_size"] <= 1.15
+            assert 1.0 <= per_shape["prior_image_size"] <= 1.1
     assert len(results["runs"]) == 4
     for run in results["runs"]:
         assert 0 <= run["r_precision"] <= 1 and set(run["r_precision_by_group"]) == {"side", "mid", "top"}

@@ -52,7 +52,7 @@ def test_init_from_an_export_continues_its_steps_and_records_the_size_change(tmp
                      "--init-from", str(first / "prior"), "--scale-jitter", "0", "--ema", "0.99"])
     assert (second / "prior_data_seed0_n32_jitter0.pt").exists()  # the jittered cache is not reused
     ck = torch.load(second / "prior_ckpt_seed0.pt", weights_only=False)
-    assert ck["step"] == 4 and ck["init_from_step"] == 2 and ck["scale_jitter_from_step"] == 2
+    assert ck["step"] == 4 and ck["init_steps"] == [2] and ck["scale_jitter_from_step"] == 2
     meta = json.loads((second / "prior" / "dreamnfsd_prior.json").read_text())
     assert meta["train_steps"] == 4 and meta["scale_jitter"] == 0 and meta["ema_history"] == [[0, 0.999], [2, 0.99]]
     card = (second / "prior" / "README.md").read_text()
@@ -64,3 +64,22 @@ def test_init_from_an_export_continues_its_steps_and_records_the_size_change(tmp
     a = PixelPrior.from_pretrained(str(first / "prior")).unet.conv_in.weight
     b = PixelPrior.from_pretrained(str(second / "prior")).unet.conv_in.weight
     assert a.shape == b.shape and not torch.equal(a, b)
+
+
+def test_a_second_restart_keeps_the_first_in_the_reproduce_chain(tmp_path):
+    script = _script()
+    common = ["--n-data", "32", "--batch", "4", "--threads", "1", "--export-every", "0"]
+    dirs = [tmp_path / name for name in ("first", "second", "third")]
+    with torch.random.fork_rng():
+        script.main([*common, "--steps", "2", "--work-dir", str(dirs[0]), "--out", str(dirs[0] / "prior")])
+        for prev, cur, steps in ((dirs[0], dirs[1], 3), (dirs[1], dirs[2], 4)):
+            script.main([*common, "--steps", str(steps), "--work-dir", str(cur), "--out", str(cur / "prior"),
+                         "--init-from", str(prev / "prior")])
+    meta = json.loads((dirs[2] / "prior" / "dreamnfsd_prior.json").read_text())
+    assert meta["train_steps"] == 4 and meta["init_steps"] == [2, 3]
+    card = (dirs[2] / "prior" / "README.md").read_text()
+    assert "steps 3-3 from the step-2 export; steps 4-4 from the step-3 export" in card
+    assert "--seed 0 --steps 2 " in card and "--ema 0.999 --out work_data/prior_step2" in card
+    assert "--init-from work_data/prior_step2 --work-dir work_data/from_step2 --steps 3 " in card
+    assert "--ema 0.999 --out work_data/prior_step3" in card
+    assert "--init-from work_data/prior_step3 --work-dir work_data/from_step3 --steps 4 " in card

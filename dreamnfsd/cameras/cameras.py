@@ -35,11 +35,13 @@ def look_at(eye: Tensor, target: Tensor | None = None, up: Tensor | None = None)
     return c2w
 
 
-def generate_rays(c2w: Tensor, fov: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
-    """Pinhole rays through pixel centres.
+def generate_rays(c2w: Tensor, fov: Tensor, height: int, width: int, offsets: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """Pinhole rays through pixel centres, or through the centres moved by ``offsets``.
 
     Args:
         c2w: (B, 4, 4) camera-to-world. fov: (B,) vertical field of view in radians.
+        offsets: optional (B, H, W, 2) shifts in pixels (row, column), e.g. uniform in [-0.5, 0.5).
     Returns:
         origins (B, H, W, 3) and unit directions (B, H, W, 3).
     """
@@ -47,9 +49,11 @@ def generate_rays(c2w: Tensor, fov: Tensor, height: int, width: int) -> tuple[Te
     focal = 0.5 * height / torch.tan(0.5 * fov)  # (B,)
     j = torch.arange(width, device=device, dtype=dtype) + 0.5
     i = torch.arange(height, device=device, dtype=dtype) + 0.5
-    ii, jj = torch.meshgrid(i, j, indexing="ij")
-    x = (jj - 0.5 * width)[None] / focal[:, None, None]
-    y = -(ii - 0.5 * height)[None] / focal[:, None, None]
+    ii, jj = (g[None] for g in torch.meshgrid(i, j, indexing="ij"))
+    if offsets is not None:
+        ii, jj = ii + offsets[..., 0], jj + offsets[..., 1]
+    x = (jj - 0.5 * width) / focal[:, None, None]
+    y = -(ii - 0.5 * height) / focal[:, None, None]
     dirs_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)  # (B, H, W, 3)
     dirs = torch.einsum("bij,bhwj->bhwi", c2w[:, :3, :3], dirs_cam)
     dirs = torch.nn.functional.normalize(dirs, dim=-1)
@@ -72,8 +76,14 @@ class CameraBatch:
     def __len__(self) -> int:
         return self.c2w.shape[0]
 
-    def rays(self) -> tuple[Tensor, Tensor]:
-        return generate_rays(self.c2w, self.fov, self.height, self.width)
+    def rays(self, pixel_jitter: float = 0.0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(origins, directions), each (B, H, W, 3). ``pixel_jitter`` > 0 moves each ray uniformly within that
+        fraction of its pixel (drawn from ``generator``); 0 keeps the pixel centres and draws nothing."""
+        offsets = None
+        if pixel_jitter > 0:
+            offsets = pixel_jitter * (torch.rand(len(self), self.height, self.width, 2, generator=generator) - 0.5)
+            offsets = offsets.to(self.c2w)
+        return generate_rays(self.c2w, self.fov, self.height, self.width, offsets)
 
     def to(self, device: torch.device | str) -> CameraBatch:
         return CameraBatch(
@@ -99,6 +109,9 @@ class CameraSamplerConfig:
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
     distance_range: tuple[float, float] = (3.0, 3.0)
     fov_range: tuple[float, float] = (40.0, 40.0)
+    # Training rays fall anywhere in their pixel (1) instead of at its centre (0), so over the steps a view samples
+    # each pixel's area, as the area-averaged (anti-aliased) images a prior was trained on do.
+    pixel_jitter: float = 0.0
     # Standard deviations of small perturbations: camera centre (scene units), look-at target, up vector.
     center_perturb: float = 0.0
     target_perturb: float = 0.0

@@ -152,7 +152,7 @@ class Trainer:
             )
             backgrounds = None if tc.background_jitter == 0 else jittered_backgrounds(
                 self.scene.background.color, len(cams), tc.background_jitter, self.generator)
-            origins, dirs = cams.rays()
+            origins, dirs = cams.rays(self.cfg.camera.pixel_jitter, self.generator)
             out = self.scene.renderer.render(
                 origins, dirs, shading=shading, light_positions=lights, ambient=tc.ambient,
                 need_normals=need_normals, generator=self.render_generator, background_color=backgrounds,
