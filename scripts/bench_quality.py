@@ -167,7 +167,7 @@ def run_one(prompt: str, method: str, args, prior, classifier) -> tuple[dict, to
     return metrics, views, opacity
 
 
-def summarise(runs: list[dict], resolution: int, prior_sizes: dict[str, float] | None = None,
+def summarise(runs: list[dict], resolution: int, prior_sizes: dict[str, tuple[float, float]] | None = None,
               jitter: float = SCALE_JITTER) -> dict:
     out = {}
     for method in sorted({r["method"] for r in runs}):
