@@ -19,7 +19,8 @@ Writes ``results.json``, ``results.md`` and ``contact_sheet.png`` (one row per p
 Each finished run is also saved under ``runs/`` as it ends (metrics JSON, views and opacity PNGs: small enough to
 commit), so a killed benchmark resumes where it stopped, and
 ``--shard K/N`` splits the runs over N processes that share one ``--out-dir`` (the last to finish writes the report;
-``--report-only`` rebuilds it from whatever runs exist; the summary covers the prompts every method finished).
+``--report-only`` rebuilds it from whatever runs exist; the summary covers the prompts every method finished;
+``--rescore`` first recomputes the saved runs' silhouette metrics from their opacity PNGs, without training).
 
     .venv/bin/python scripts/bench_quality.py --quick            # 2 prompts, few steps (CI-sized)
     .venv/bin/python scripts/bench_quality.py                    # all 25 prompts, preset steps
@@ -50,7 +51,15 @@ from dreamnfsd.cameras import CameraBatch
 from dreamnfsd.cli import config_dir
 from dreamnfsd.data import COLORS, SCALE_JITTER, SHAPES, make_cameras, render_primitives
 from dreamnfsd.eval.classifier import classify, load_classifier
-from dreamnfsd.eval.metrics import best_rotation_iou, best_scale_iou, broken_views, colour_error, mask_iou, true_masks
+from dreamnfsd.eval.metrics import (
+    ROTATION_STEP_DEG,
+    best_rotation_iou,
+    best_scale_iou,
+    broken_views,
+    colour_error,
+    mask_iou,
+    true_masks,
+)
 from dreamnfsd.export.video import to_uint8
 from dreamnfsd.guidance.priors import builtin, load_prior
 from dreamnfsd.train.preflight import compose, to_run_config
@@ -90,25 +99,52 @@ def evaluate(trainer: Trainer, prompt: str, classifier, resolution: int) -> tupl
     shape_idx, colour_idx, _ = classify(rgb, classifier)
     correct = (shape_idx == SHAPES.index(shape)) & (colour_idx == COLORS.index(colour))
     masks = shaded["opacity"][..., 0] > 0.5
-    top = masks[groups["top"]]
-    iou, any_scale = {}, {}
-    for g in ("side", "top"):
-        s = groups[g]
-        iou[g], rotation = best_rotation_iou(masks[s], shape, cams.azimuth[s], cams.elevation[s])
-        any_scale[g] = best_scale_iou(masks[s], shape, cams.azimuth[s], cams.elevation[s], rotation, FIT_SCALES)
     result = {
         "r_precision": float(correct.float().mean()),
         "r_precision_by_group": {g: float(correct[s].float().mean()) for g, s in groups.items()},
-        "iou": iou,
-        "iou_any_scale": {g: v[0] for g, v in any_scale.items()},
-        "fitted_scale": {g: v[1] for g, v in any_scale.items()},
-        "top_rotation_variation": float(1.0 - mask_iou(top[0], top[1])),
+        **mask_metrics(masks, shape, resolution),
         "colour_error": colour_error(albedo["rgb"], masks[..., None].float(), colour),
         "broken_view_share": float(broken_views(shaded["opacity"]).float().mean()),
         "predicted": [f"a {COLORS[c]} {SHAPES[s]}" for s, c in zip(shape_idx.tolist(), colour_idx.tolist())],
     }
     sheet_views = torch.cat([shaded["rgb"][groups["side"]][::2], shaded["rgb"][groups["top"]][:1]])
     return result, sheet_views, shaded["opacity"][..., 0]
+
+
+def mask_metrics(masks: torch.Tensor, shape: str, resolution: int) -> dict:
+    """The silhouette metrics of one run from its views' masks (V, H, W) bool, in :func:`view_cameras` order: IoU
+    per group, its any-size diagnostic, the rotation found, and the top rotation variation."""
+    cams, groups = view_cameras(resolution)
+    iou, any_scale, rotation = {}, {}, {}
+    for g in ("side", "top"):
+        s = groups[g]
+        iou[g], rotation[g] = best_rotation_iou(masks[s], shape, cams.azimuth[s], cams.elevation[s])
+        any_scale[g] = best_scale_iou(masks[s], shape, cams.azimuth[s], cams.elevation[s], rotation[g], FIT_SCALES)
+    top = masks[groups["top"]]
+    return {
+        "iou": iou,
+        "iou_any_scale": {g: v[0] for g, v in any_scale.items()},
+        "fitted_scale": {g: v[1] for g, v in any_scale.items()},
+        "rotation_deg": rotation,
+        "rotation_step_deg": ROTATION_STEP_DEG,
+        "top_rotation_variation": float(1.0 - mask_iou(top[0], top[1])),
+    }
+
+
+def rescore(runs_dir: Path, done: dict, resolution: int) -> None:
+    """Recomputes every saved run's silhouette metrics from its opacity PNG (no training), e.g. after the metric's
+    rotation grid changed, and rewrites its JSON."""
+    import imageio.v2 as imageio
+
+    for key, (metrics, _) in done.items():
+        strip = torch.from_numpy(imageio.imread(runs_dir / f"{key}.opacity.png")).float() / 255
+        strip = strip[..., 0] if strip.ndim == 3 else strip
+        masks = torch.stack(strip.split(strip.shape[0], dim=1)) > 0.5
+        old = metrics["iou"]
+        metrics.update(mask_metrics(masks, metrics["prompt"].split()[2], resolution))
+        atomic_write_bytes((json.dumps(metrics, indent=1) + "\n").encode(), runs_dir / f"{key}.json")
+        print(f"{metrics['prompt']:<18} {metrics['method']:<5} IoU side {old['side']:.3f} -> "
+              f"{metrics['iou']['side']:.3f}  top {old['top']:.3f} -> {metrics['iou']['top']:.3f}", flush=True)
 
 
 def size_reference(shape: str, resolution: int, jitter: float = SCALE_JITTER) -> dict[str, float]:
@@ -222,6 +258,10 @@ def markdown(summary: dict, runs: list[dict], overrides: list[str] = (), missing
                              f"{v['side_reference']:.3f} / {v['top_reference']:.3f} | {v['fitted_size']:.3f} | "
                              f"{v.get('prior_sample_size', '–')} / {v.get('prior_image_size', '–')} |")
     lines += ["", f"Config overrides on the built-in preset: {' '.join(f'`{o}`' for o in overrides) or 'none'}."]
+    # Runs saved before the grid was recorded were searched on the old 5° grid (``--rescore`` brings them up to date).
+    grids = sorted({r.get("rotation_step_deg", 5.0) for r in runs})
+    lines += [f"Silhouette IoU maximised over a rotation about the vertical axis on a {' / '.join(map(str, grids))}° "
+              f"grid{' (mixed: rerun with --rescore)' if len(grids) > 1 else ''}."]
     if missing:
         lines += [f"Not yet run by every method, so left out above ({len(missing)} runs, finished ones kept): "
                   f"{', '.join(missing)}."]
@@ -351,6 +391,8 @@ def main() -> None:
     parser.add_argument("--out-dir", default="outputs/bench_quality")
     parser.add_argument("--shard", default="1/1", help="K/N: run every N-th run starting at the K-th")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from saved runs")
+    parser.add_argument("--rescore", action="store_true",
+                        help="recompute saved runs' silhouette metrics from their opacity PNGs, then report")
     parser.add_argument("--prior-sizes", action="store_true",
                         help="also fit the size of the prior's own samples of each shape (seconds a shape)")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every run")
@@ -371,7 +413,9 @@ def main() -> None:
     runs_dir.mkdir(parents=True, exist_ok=True)
     done = load_finished(runs_dir, prompts, args.methods, args)
     todo = [(p, m) for p in prompts for m in args.methods][shard - 1::n_shards]
-    todo = [] if args.report_only else [(p, m) for p, m in todo if run_key(p, m) not in done]
+    if args.rescore:
+        rescore(runs_dir, done, args.resolution)
+    todo = [] if args.report_only or args.rescore else [(p, m) for p, m in todo if run_key(p, m) not in done]
     if todo:
         prior_cfg = to_run_config(compose(["prompt=a red cube", "prior=builtin"] + (
             ["prior.kind=pixel", f"prior.model={args.prior_folder}"] if args.prior_folder else []),

@@ -169,12 +169,13 @@ def test_nerfacc_and_torch_renderers_agree():
     r_acc.grid.load_state_dict(r_torch.grid.state_dict())
     o, d = turntable_cameras(3, elevation_deg=20.0, height=32, width=32, device="cuda").rays()
     with torch.no_grad():
-        a = r_torch.render(o, d, background_color=torch.tensor([0.2, 0.4, 0.6], device="cuda"))
-        b = r_acc.render(o, d, background_color=torch.tensor([0.2, 0.4, 0.6], device="cuda"))
+        a = r_torch.render(o, d, background_color=torch.tensor([0.2, 0.4, 0.6], device="cuda"), need_distortion=True)
+        b = r_acc.render(o, d, background_color=torch.tensor([0.2, 0.4, 0.6], device="cuda"), need_distortion=True)
     # Sample positions differ by under a step (nerfacc steps from the near plane, we from the box entry).
     assert (a["rgb"] - b["rgb"]).square().mean().item() < 1e-3
     assert (a["opacity"] - b["opacity"]).abs().mean().item() < 2e-2
     assert 0.5 < a["samples_per_ray"] / max(b["samples_per_ray"], 1e-9) < 2.0
+    assert a["distortion_loss"].item() == pytest.approx(b["distortion_loss"].item(), rel=0.1)
     # Gradients flow through the nerfacc path as well.
     out = r_acc.render(o, d, shading="lambertian")
     (out["rgb"].mean() + out["orientation_loss"]).backward()

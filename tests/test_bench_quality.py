@@ -70,12 +70,26 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
         assert set(run["iou"]) == {"side", "top"} and all(0 <= v <= 1 for v in run["iou"].values())
         assert all(run["iou_any_scale"][g] >= run["iou"][g] for g in ("side", "top"))  # the same search, and size
         assert all(0.85 <= v <= 1.15 for v in run["fitted_scale"].values())
+        assert run["rotation_step_deg"] == 1.0 and all(0 <= v < 360 for v in run["rotation_deg"].values())
         assert 0 <= run["top_rotation_variation"] <= 1 and run["colour_error"] >= 0
         assert run["wall_time_s"] > 0 and len(run["predicted"]) == 14
     table = (out / "results.md").read_text()
     assert "| method | scale | R-precision | IoU side | IoU top |" in table and "| a blue sphere | nfsd |" in table
     sheet = imageio.imread(out / "contact_sheet.png")
     assert sheet.shape[0] == 2 * 2 * 32 and sheet.shape[2] == 3  # one row per prompt, 2x upscaled 32 px views
+    assert "on a 1.0° grid" in table
+    # --rescore recomputes the silhouette metrics from the saved opacity PNG, without training: a spoiled value
+    # comes back, and a run saved before the rotation grid was recorded gets it.
+    path = out / "runs" / "a-red-cube.sds.json"
+    saved = json.loads(path.read_text())
+    spoiled = {**saved, "iou": {"side": 0.0, "top": 0.0}, "fitted_scale": {"side": 0.0, "top": 0.0}}
+    del spoiled["rotation_step_deg"]
+    path.write_text(json.dumps(spoiled))
+    assert "1.0 / 5.0° grid (mixed" in bench("--report-only")
+    assert re.search(r"R-prec \d", bench("--rescore")) is None
+    rescored = json.loads(path.read_text())
+    for key in ("iou", "iou_any_scale", "rotation_step_deg"):
+        assert rescored[key] == pytest.approx(saved[key], abs=0.01), key  # the PNG holds opacity to 1/255
     # A saved run of another prior is refused, not mixed into the report.
     path = out / "runs" / "a-red-cube.sds.json"
     path.write_text(path.read_text().replace(run["prior"], "0123456789abcdef"))

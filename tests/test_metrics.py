@@ -31,3 +31,10 @@ def test_empty_prediction_scores_zero():
     empty = torch.zeros(8, 32, 32, dtype=torch.bool)
     assert best_rotation_iou(empty, "sphere", AZ, EL)[0] == 0.0
     assert float(mask_iou(empty, empty).max()) == 0.0
+
+
+def test_rotation_grid_finds_a_cube_turned_between_5_degree_steps():
+    pred = true_masks("cube", AZ - math.radians(2.0), EL, 32)
+    assert best_rotation_iou(pred, "cube", AZ, EL, step_deg=5.0)[0] < 1.0  # the old grid missed it
+    iou, rotation = best_rotation_iou(pred, "cube", AZ, EL)
+    assert iou == 1.0 and rotation % 90.0 == 2.0

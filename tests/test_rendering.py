@@ -19,6 +19,7 @@ from dreamnfsd.rendering import (
     VolumeRenderer,
     accumulate_along_rays,
     candidate_intervals,
+    distortion_loss,
     exclusive_cumsum_packed,
     march,
     ray_aabb_intersect,
@@ -161,6 +162,35 @@ def test_exclusive_cumsum_is_per_ray_and_precise():
     r = torch.cat([torch.zeros(1000, dtype=torch.long), torch.ones(2, dtype=torch.long)])
     k = torch.cat([torch.arange(1000), torch.arange(2)])
     assert exclusive_cumsum_packed(big, r, k, 2)[-1].item() == pytest.approx(0.1, abs=1e-7)
+
+
+def test_distortion_loss_matches_the_pair_sum_in_any_order():
+    g = torch.Generator().manual_seed(0)
+    counts = [0, 3, 7, 1, 4]
+    ray = torch.cat([torch.full((c,), i) for i, c in enumerate(counts)])
+    ranks = torch.cat([torch.arange(c) for c in counts])
+    starts = torch.cat([torch.sort(torch.rand(c, generator=g) * 3)[0] for c in counts])
+    ends = starts + 0.01 + 0.02 * torch.rand(len(starts), generator=g)
+    w = torch.rand(len(starts), generator=g)
+    perm = torch.randperm(len(starts), generator=g)
+    got = distortion_loss(w[perm], starts[perm], ends[perm], ray[perm], ranks[perm], len(counts))
+    mid = (starts + ends) / 2
+    for r in range(len(counts)):
+        s = ray == r
+        ww, mm, dd = w[s], mid[s], (ends - starts)[s]
+        pairs = (ww[:, None] * ww[None] * (mm[:, None] - mm[None]).abs()).sum()
+        assert got[r].item() == pytest.approx((pairs + (ww.square() * dd).sum() / 3).item(), abs=1e-6)
+    assert got[0] == 0.0  # a ray without samples
+
+
+def test_distortion_loss_is_lower_for_a_thinner_shell():
+    """The same opacity from one step or spread over four: the spread ray costs more."""
+    t = torch.arange(5.0) * 0.1
+    ray, ranks = torch.zeros(4, dtype=torch.long), torch.arange(4)
+    spread = distortion_loss(torch.full((4,), 0.2), t[:4], t[1:], ray, ranks, 1)
+    one = distortion_loss(torch.tensor([0.8, 0.0, 0.0, 0.0]), t[:4], t[1:], ray, ranks, 1)
+    assert one.item() == pytest.approx(0.64 * 0.1 / 3)
+    assert spread.item() > 2 * one.item()
 
 
 # ---- renderer ---------------------------------------------------------------------------------------------------
@@ -334,11 +364,12 @@ def test_render_gradients_reach_the_field(normal_mode):
     gen = torch.Generator().manual_seed(0)
     for _ in range(2):  # the MLP's output layer starts at zero, so the encoding gets gradients from step 2 on
         opt.zero_grad()
-        out = r.render(o, d, shading="lambertian", generator=gen)
-        (out["rgb"].mean() + out["orientation_loss"]).backward()
+        out = r.render(o, d, shading="lambertian", generator=gen, need_distortion=True)
+        (out["rgb"].mean() + out["orientation_loss"] + out["distortion_loss"]).backward()
         opt.step()
     assert out["rgb"].shape == (2, 8, 8, 3) and out["depth"].shape == (2, 8, 8, 1)
-    assert out["num_normal_evals"] > 0
+    assert out["num_normal_evals"] > 0 and out["distortion_loss"].item() > 0
+    assert "distortion_loss" not in r.render(o, d)
     assert any(p.grad.abs().sum() > 0 for p in f.encoding_parameters())
     assert all(p.grad.abs().sum() > 0 for p in f.mlp_parameters())
 

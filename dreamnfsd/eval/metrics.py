@@ -33,10 +33,16 @@ def _true_masks(shape: str, azimuth: tuple, elevation: tuple, resolution: int, s
     return out["mask"][:, 0] > 0.5
 
 
-def best_rotation_iou(pred: Tensor, shape: str, azimuth: Tensor, elevation: Tensor, step_deg: float = 5.0
-                      ) -> tuple[float, float]:
+# The rotation search's grid. A 5° grid can miss the best rotation by 2.5°, which at 32 px moves a cube's top-view
+# corners by about half a pixel and understated cube top IoUs by about 0.01; below 1° nothing changed.
+ROTATION_STEP_DEG = 1.0
+
+
+def best_rotation_iou(pred: Tensor, shape: str, azimuth: Tensor, elevation: Tensor,
+                      step_deg: float = ROTATION_STEP_DEG) -> tuple[float, float]:
     """Mean IoU of predicted silhouettes pred (V, H, W) against the true primitive, maximised over one rotation of
-    the object about the vertical axis (a generated object may be turned; that is not an error).
+    the object about the vertical axis (a generated object may be turned; that is not an error), searched on a
+    ``step_deg`` grid.
 
     Returns (IoU, the rotation in degrees that reaches it)."""
     best = (0.0, 0.0)

@@ -1,7 +1,12 @@
 """Rendering: occupancy grid, ray marching, compositing, the volume renderer and the optional nerfacc backend."""
 
 from dreamnfsd.rendering.backends import nerfacc_available, resolve_backend
-from dreamnfsd.rendering.compositing import accumulate_along_rays, exclusive_cumsum_packed, render_weights
+from dreamnfsd.rendering.compositing import (
+    accumulate_along_rays,
+    distortion_loss,
+    exclusive_cumsum_packed,
+    render_weights,
+)
 from dreamnfsd.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
 from dreamnfsd.rendering.ray_marching import PackedSamples, candidate_intervals, march, ray_aabb_intersect
 from dreamnfsd.rendering.renderer import RendererConfig, VolumeRenderer
@@ -14,6 +19,7 @@ __all__ = [
     "VolumeRenderer",
     "accumulate_along_rays",
     "candidate_intervals",
+    "distortion_loss",
     "exclusive_cumsum_packed",
     "march",
     "nerfacc_available",

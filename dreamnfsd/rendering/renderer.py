@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamnfsd.rendering import backends
-from dreamnfsd.rendering.compositing import accumulate_along_rays, render_weights
+from dreamnfsd.rendering.compositing import accumulate_along_rays, distortion_loss, render_weights
 from dreamnfsd.rendering.occupancy_grid import OccupancyGrid
 from dreamnfsd.rendering.ray_marching import PackedSamples, march, sample_points
 
@@ -76,6 +76,7 @@ class VolumeRenderer(nn.Module):
         need_normals: bool = False,
         background_color: Tensor | None = None,
         generator: torch.Generator | None = None,
+        need_distortion: bool = False,
     ) -> dict:
         """Render (B, H, W) rays.
 
@@ -85,6 +86,8 @@ class VolumeRenderer(nn.Module):
             need_normals: compute normals (and the orientation loss) even for albedo shading.
             background_color: (3,), (B, 3) or (B, H, W, 3) overriding the background module.
             generator: RNG for stratified sample offsets.
+            need_distortion: also return distortion_loss (scalar, the mean over rays of
+                :func:`~dreamnfsd.rendering.compositing.distortion_loss`).
         Returns:
             rgb (B,H,W,3), opacity and weights_sum (B,H,W,1), depth (B,H,W,1) (expected distance, background = 0),
             and with normals: normal (B,H,W,3) (weight-blended, not renormalised) and orientation_loss (scalar,
@@ -105,8 +108,10 @@ class VolumeRenderer(nn.Module):
         for s in range(0, o.shape[0], self.cfg.chunk_rays):
             e = s + self.cfg.chunk_rays
             ls = lights[s:e] if lights is not None else None
-            parts.append(self._render_rays(o[s:e], d[s:e], shading, ls, ambient, with_normals, backend, generator))
-        out = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in ("orient", "n", "n_normal")}
+            parts.append(self._render_rays(o[s:e], d[s:e], shading, ls, ambient, with_normals, backend, generator,
+                                           need_distortion))
+        scalars = ("orient", "distortion", "n", "n_normal")
+        out = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in scalars}
         n_rays = o.shape[0]
         if background_color is not None:
             bg = torch.as_tensor(background_color, dtype=o.dtype, device=o.device)
@@ -126,9 +131,11 @@ class VolumeRenderer(nn.Module):
         if with_normals:
             result["normal"] = out["normal"].view(b, h, w, 3)
             result["orientation_loss"] = sum(p["orient"] for p in parts) / max(1, n_rays)
+        if need_distortion:
+            result["distortion_loss"] = sum(p["distortion"] for p in parts) / max(1, n_rays)
         return result
 
-    def _render_rays(self, o, d, shading, lights, ambient, with_normals, backend, generator) -> dict:
+    def _render_rays(self, o, d, shading, lights, ambient, with_normals, backend, generator, need_distortion) -> dict:
         """One chunk of flat rays (N, 3). Returns per-ray sums (no background) and counters."""
         n = o.shape[0]
         stratified = self.cfg.stratified and torch.is_grad_enabled()
@@ -159,6 +166,8 @@ class VolumeRenderer(nn.Module):
         out["opacity"] = accumulate_along_rays(weights, ray, n)
         mid = 0.5 * (samples.t_starts + samples.t_ends)
         out["depth"] = accumulate_along_rays(weights, ray, n, mid[:, None])
+        if need_distortion:
+            out["distortion"] = distortion_loss(weights, samples.t_starts, samples.t_ends, ray, samples.ranks, n).sum()
         return out
 
     def _march_nerfacc(self, o: Tensor, d: Tensor, stratified: bool) -> PackedSamples:

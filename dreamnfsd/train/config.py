@@ -27,6 +27,9 @@ class TrainConfig:
     lambda_entropy: float = 1e-3
     lambda_sparsity: float = 0.0
     lambda_orientation: float = 1e-2
+    # Mip-NeRF 360's distortion loss (mean over rays, world units): thins the soft shell that makes silhouettes
+    # seen past an edge-on face a pixel too large.
+    lambda_distortion: float = 0.0
     # Bookkeeping.
     log_every: int = 10
     val_every: int = 200

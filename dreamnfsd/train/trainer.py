@@ -156,6 +156,7 @@ class Trainer:
             out = self.scene.renderer.render(
                 origins, dirs, shading=shading, light_positions=lights, ambient=tc.ambient,
                 need_normals=need_normals, generator=self.render_generator, background_color=backgrounds,
+                need_distortion=tc.lambda_distortion > 0,
             )
         with timer("guidance"):
             z = self.prior.to_model_space(out["rgb"].float().permute(0, 3, 1, 2))  # (B, 3, H, W) -> model space
@@ -166,6 +167,8 @@ class Trainer:
                 loss = loss + tc.lambda_entropy * opacity_entropy(out["opacity"])
             if tc.lambda_sparsity > 0:
                 loss = loss + tc.lambda_sparsity * opacity_sparsity(out["opacity"])
+            if tc.lambda_distortion > 0:
+                loss = loss + tc.lambda_distortion * out["distortion_loss"]
             if tc.lambda_orientation > 0 and "orientation_loss" in out:
                 loss = loss + tc.lambda_orientation * out["orientation_loss"]
         with timer("backward"):
