@@ -5,7 +5,7 @@ three elevations (15°, 45°, 85°), and scores them with the shipped classifier
 
 - R-precision: share of views the classifier names as the run's prompt (shape and colour);
 - silhouette IoU against the true primitive, per view group (side 15°, top 85°), maximised over a rotation about
-  the vertical axis;
+  the vertical axis (searched on a 1° grid);
 - top rotation variation: 1 - IoU between the top views at azimuth 0° and 45° (cube ~0.29, disc/drum ~0);
 - colour error (RGB distance of the mean albedo to the true albedo), broken views (empty or frame-filling), wall time;
 - a diagnostic beside the IoU, not a replacement: the same IoU maximised over the object's size too (0.85-1.15), and
@@ -53,6 +53,7 @@ from dreamnfsd.data import COLORS, SCALE_JITTER, SHAPES, make_cameras, render_pr
 from dreamnfsd.eval.classifier import classify, load_classifier
 from dreamnfsd.eval.metrics import (
     ROTATION_STEP_DEG,
+    TRUTH_SUPERSAMPLE,
     best_rotation_iou,
     best_scale_iou,
     broken_views,
@@ -127,6 +128,7 @@ def mask_metrics(masks: torch.Tensor, shape: str, resolution: int) -> dict:
         "fitted_scale": {g: v[1] for g, v in any_scale.items()},
         "rotation_deg": rotation,
         "rotation_step_deg": ROTATION_STEP_DEG,
+        "truth_supersample": TRUTH_SUPERSAMPLE,
         "top_rotation_variation": float(1.0 - mask_iou(top[0], top[1])),
     }
 
@@ -258,10 +260,12 @@ def markdown(summary: dict, runs: list[dict], overrides: list[str] = (), missing
                              f"{v['side_reference']:.3f} / {v['top_reference']:.3f} | {v['fitted_size']:.3f} | "
                              f"{v.get('prior_sample_size', '–')} / {v.get('prior_image_size', '–')} |")
     lines += ["", f"Config overrides on the built-in preset: {' '.join(f'`{o}`' for o in overrides) or 'none'}."]
-    # Runs saved before the grid was recorded were searched on the old 5° grid (``--rescore`` brings them up to date).
+    # Runs saved before these were recorded used a 5° grid and 2x2-supersampled truth (``--rescore`` updates them).
     grids = sorted({r.get("rotation_step_deg", 5.0) for r in runs})
+    truth = sorted({r.get("truth_supersample", 2) for r in runs})
     lines += [f"Silhouette IoU maximised over a rotation about the vertical axis on a {' / '.join(map(str, grids))}° "
-              f"grid{' (mixed: rerun with --rescore)' if len(grids) > 1 else ''}."]
+              f"grid, against truth masks sampled {' / '.join(f'{t}x{t}' for t in truth)} per pixel"
+              f"{' (mixed: rerun with --rescore)' if len(grids) > 1 or len(truth) > 1 else ''}."]
     if missing:
         lines += [f"Not yet run by every method, so left out above ({len(missing)} runs, finished ones kept): "
                   f"{', '.join(missing)}."]
