@@ -5,7 +5,7 @@ three elevations (15°, 45°, 85°), and scores them with the shipped classifier
 
 - R-precision: share of views the classifier names as the run's prompt (shape and colour);
 - silhouette IoU against the true primitive, per view group (side 15°, top 85°), maximised over a rotation about
-  the vertical axis (searched on a 1° grid);
+  the vertical axis (searched on a 1° grid); truth and render masks are both sampled at the pixel centres;
 - top rotation variation: 1 - IoU between the top views at azimuth 0° and 45° (cube ~0.29, disc/drum ~0);
 - colour error (RGB distance of the mean albedo to the true albedo), broken views (empty or frame-filling), wall time;
 - a diagnostic beside the IoU, not a replacement: the same IoU maximised over the object's size too (0.85-1.15), and
