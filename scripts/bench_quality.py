@@ -133,15 +133,20 @@ def mask_metrics(masks: torch.Tensor, shape: str, resolution: int) -> dict:
     }
 
 
-def rescore(runs_dir: Path, done: dict, resolution: int) -> None:
-    """Recomputes every saved run's silhouette metrics from its opacity PNG (no training), e.g. after the metric's
-    rotation grid changed, and rewrites its JSON."""
+def read_views(path: Path) -> torch.Tensor:
+    """A strip of square views saved side by side by :func:`save_run` -> (V, H, W, C) in [0, 1], C <= 3."""
     import imageio.v2 as imageio
 
+    strip = torch.from_numpy(imageio.imread(path)).float() / 255
+    strip = strip[..., :3] if strip.ndim == 3 else strip[..., None]
+    return torch.stack(strip.split(strip.shape[0], dim=1))
+
+
+def rescore(runs_dir: Path, done: dict, resolution: int) -> None:
+    """Recomputes every saved run's silhouette metrics from its opacity PNG (no training), e.g. after the metric's
+    rotation grid or truth sampling changed, and rewrites its JSON."""
     for key, (metrics, _) in done.items():
-        strip = torch.from_numpy(imageio.imread(runs_dir / f"{key}.opacity.png")).float() / 255
-        strip = strip[..., 0] if strip.ndim == 3 else strip
-        masks = torch.stack(strip.split(strip.shape[0], dim=1)) > 0.5
+        masks = read_views(runs_dir / f"{key}.opacity.png")[..., 0] > 0.5
         old = metrics["iou"]
         metrics.update(mask_metrics(masks, metrics["prompt"].split()[2], resolution))
         atomic_write_bytes((json.dumps(metrics, indent=1) + "\n").encode(), runs_dir / f"{key}.json")
@@ -331,7 +336,6 @@ def prior_id(folder: str | Path) -> str:
 
 def load_finished(runs_dir: Path, prompts: list[str], methods: list[str], args) -> dict[str, tuple[dict, torch.Tensor]]:
     """Saved runs of this benchmark (same steps, seed, overrides, prior) by run_key: (metrics, views (V, H, W, 3))."""
-    import imageio.v2 as imageio
 
     done = {}
     for prompt in prompts:
@@ -348,8 +352,7 @@ def load_finished(runs_dir: Path, prompts: list[str], methods: list[str], args) 
             if metrics.get("prior") != args.prior_id:
                 raise SystemExit(f"--out-dir: {path} was run with another prior (weights {metrics.get('prior')}, "
                                  f"this one {args.prior_id}); pick a new --out-dir")
-            strip = torch.from_numpy(imageio.imread(runs_dir / f"{key}.png")[..., :3]).float() / 255
-            done[key] = (metrics, torch.stack(strip.split(strip.shape[0], dim=1)))
+            done[key] = (metrics, read_views(runs_dir / f"{key}.png"))
     return done
 
 
