@@ -336,7 +336,6 @@ def prior_id(folder: str | Path) -> str:
 
 def load_finished(runs_dir: Path, prompts: list[str], methods: list[str], args) -> dict[str, tuple[dict, torch.Tensor]]:
     """Saved runs of this benchmark (same steps, seed, overrides, prior) by run_key: (metrics, views (V, H, W, 3))."""
-
     done = {}
     for prompt in prompts:
         for method in methods:
