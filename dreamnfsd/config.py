@@ -69,8 +69,10 @@ def _at_least(value, low: int, key: str, meaning: str) -> None:
 
 
 def check_pair(value, key: str, example: str) -> tuple[float, float]:
-    ok = isinstance(value, list | tuple) and len(value) == 2 and all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    ok = (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
     )
     _require(ok, key, f"must be two numbers [low, high], got {value!r} (e.g. {key}={example})")
     return float(value[0]), float(value[1])
@@ -80,52 +82,92 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 # Positive sizes and rates, with an example value for the message.
 _POSITIVE = {
-    "camera.height": 64, "camera.width": 64, "train.steps": 5000, "train.batch_size": 1, "grid.resolution": 64,
-    "export.mesh_resolution": 128, "export.video_frames": 60, "export.video_resolution": 128, "export.video_fps": 24,
-    "train.lr_encoding": 0.01, "train.lr_mlp": 0.001, "train.lr_background": 0.001, "train.adam_eps": 1e-15,
+    "camera.height": 64,
+    "camera.width": 64,
+    "train.steps": 5000,
+    "train.batch_size": 1,
+    "grid.resolution": 64,
+    "export.mesh_resolution": 128,
+    "export.video_frames": 60,
+    "export.video_resolution": 128,
+    "export.video_fps": 24,
+    "train.lr_encoding": 0.01,
+    "train.lr_mlp": 0.001,
+    "train.lr_background": 0.001,
+    "train.adam_eps": 1e-15,
 }
 # Periods where 0 means "never".
-_PERIODS = {"train.val_every": "0 disables validation images", "train.ckpt_every": "0 disables periodic checkpoints",
-            "train.num_threads": "0 keeps torch's default"}
+_PERIODS = {
+    "train.val_every": "0 disables validation images",
+    "train.ckpt_every": "0 disables periodic checkpoints",
+    "train.num_threads": "0 keeps torch's default",
+}
 
 
 # Tuple-typed fields and an example value for each, used in their error messages.
-PAIR_EXAMPLES = {"guidance.t_range": "[0.02,0.98]", "camera.elevation_range": "[-10,45]",
-                 "camera.azimuth_range": "[-180,180]", "camera.distance_range": "[3,3]", "camera.fov_range": "[40,40]",
-                 "train.light_distance_range": "[0.8,1.5]"}
+PAIR_EXAMPLES = {
+    "guidance.t_range": "[0.02,0.98]",
+    "camera.elevation_range": "[-10,45]",
+    "camera.azimuth_range": "[-180,180]",
+    "camera.distance_range": "[3,3]",
+    "camera.fov_range": "[40,40]",
+    "train.light_distance_range": "[0.8,1.5]",
+}
 
 
 def check_t_range(value) -> tuple[float, float]:
     """``guidance.t_range`` as (low, high) with 0 < low < high < 1, or :class:`UserError`."""
     lo, hi = check_pair(value, "guidance.t_range", PAIR_EXAMPLES["guidance.t_range"])
-    _require(0.0 < lo < hi < 1.0, "guidance.t_range",
-             f"must satisfy 0 < t_min < t_max < 1, got [{lo}, {hi}] (e.g. guidance.t_range=[0.02,0.98])")
+    _require(
+        0.0 < lo < hi < 1.0,
+        "guidance.t_range",
+        f"must satisfy 0 < t_min < t_max < 1, got [{lo}, {hi}] (e.g. guidance.t_range=[0.02,0.98])",
+    )
     return lo, hi
 
 
 def validate(cfg: RunConfig) -> None:
     """Semantic checks that the schema cannot express. Raises :class:`UserError`."""
-    _require(isinstance(cfg.prompt, str) and cfg.prompt.strip() != "" and cfg.prompt != "???", "prompt",
-             'is empty; pass one, e.g. prompt="a red cube"')
-    _require(isinstance(cfg.device, str) and bool(_DEVICE.match(cfg.device)), "device",
-             f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    _require(
+        isinstance(cfg.prompt, str) and cfg.prompt.strip() != "" and cfg.prompt != "???",
+        "prompt",
+        'is empty; pass one, e.g. prompt="a red cube"',
+    )
+    _require(
+        isinstance(cfg.device, str) and bool(_DEVICE.match(cfg.device)),
+        "device",
+        f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}",
+    )
     for key, example in _POSITIVE.items():
         section, name = key.split(".")
         _positive(getattr(getattr(cfg, section), name), key, example)
     for key, meaning in _PERIODS.items():
         _at_least(getattr(cfg.train, key.split(".")[1]), 0, key, meaning)
     _at_least(cfg.train.log_every, 1, "train.log_every", "steps between progress-bar updates")
-    _at_least(cfg.train.max_consecutive_skips, 1, "train.max_consecutive_skips",
-              "NaN/inf steps in a row before train.on_nan acts")
-    _require(cfg.train.on_nan in ("rollback", "abort"), "train.on_nan",
-             f"must be rollback or abort, got {cfg.train.on_nan!r}")
+    _at_least(
+        cfg.train.max_consecutive_skips,
+        1,
+        "train.max_consecutive_skips",
+        "NaN/inf steps in a row before train.on_nan acts",
+    )
+    _require(
+        cfg.train.on_nan in ("rollback", "abort"),
+        "train.on_nan",
+        f"must be rollback or abort, got {cfg.train.on_nan!r}",
+    )
     factor = cfg.train.rollback_lr_factor
-    _require(0 < factor <= 1, "train.rollback_lr_factor",
-             f"must be in (0, 1] (learning rates are multiplied by it on each NaN rollback), got {factor}")
+    _require(
+        0 < factor <= 1,
+        "train.rollback_lr_factor",
+        f"must be in (0, 1] (learning rates are multiplied by it on each NaN rollback), got {factor}",
+    )
     check_t_range(cfg.guidance.t_range)
     scale = cfg.guidance.guidance_scale
-    _require(scale is None or (math.isfinite(scale) and scale > 0), "guidance.guidance_scale",
-             f"must be > 0, got {scale} (NFSD uses about 7.5, SDS about 100)")
+    _require(
+        scale is None or (math.isfinite(scale) and scale > 0),
+        "guidance.guidance_scale",
+        f"must be > 0, got {scale} (NFSD uses about 7.5, SDS about 100)",
+    )
     pairs = {}
     for key in ("camera.elevation_range", "camera.azimuth_range", "camera.distance_range", "camera.fov_range"):
         a, b = pairs[key] = check_pair(getattr(cfg.camera, key.split(".")[1]), key, PAIR_EXAMPLES[key])
@@ -135,15 +177,19 @@ def validate(cfg: RunConfig) -> None:
     a, b = pairs["camera.fov_range"]
     _require(a > 0 and b < 180, "camera.fov_range", f"must lie inside (0, 180) degrees, got [{a}, {b}]")
     pj = cfg.camera.pixel_jitter
-    _require(0 <= pj <= 1, "camera.pixel_jitter",
-             f"must be in [0, 1] (a fraction of a pixel; 0 turns it off), got {pj}")
+    _require(
+        0 <= pj <= 1, "camera.pixel_jitter", f"must be in [0, 1] (a fraction of a pixel; 0 turns it off), got {pj}"
+    )
     for key in ("train.albedo_ratio", "train.textureless_ratio"):
         value = getattr(cfg.train, key.split(".")[1])
         _require(0 <= value <= 1, key, f"must be a share in [0, 1], got {value}")
     jitter = cfg.train.background_jitter
     _require(0 <= jitter <= 1, "train.background_jitter", f"must be in [0, 1] (0 turns it off), got {jitter}")
-    _require(jitter == 0 or cfg.background.kind == "constant", "train.background_jitter",
-             f"needs background.kind=constant (got {cfg.background.kind}); set train.background_jitter=0")
+    _require(
+        jitter == 0 or cfg.background.kind == "constant",
+        "train.background_jitter",
+        f"needs background.kind=constant (got {cfg.background.kind}); set train.background_jitter=0",
+    )
     if cfg.export.threshold != "auto":
         try:
             float(cfg.export.threshold)

@@ -29,8 +29,12 @@ def _from_job_config(job: Path) -> dict:
 
     try:
         cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
-        return {"prompt": cfg.get("prompt"), "guidance": (cfg.get("guidance") or {}).get("kind"),
-                "seed": cfg.get("seed"), "steps": (cfg.get("train") or {}).get("steps")}
+        return {
+            "prompt": cfg.get("prompt"),
+            "guidance": (cfg.get("guidance") or {}).get("kind"),
+            "seed": cfg.get("seed"),
+            "steps": (cfg.get("train") or {}).get("steps"),
+        }
     except (OSError, ValueError, AttributeError, yaml.YAMLError):
         return {}
 
@@ -48,8 +52,10 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
         except (OSError, ValueError) as e:
             row = {"status": "lost", "error": f"unreadable run.json ({e})"}
         if row.get("status") in _UNFINISHED:
-            row.update(status="lost", error=f"the job died while {row['status']} (killed?); resume it with "
-                                            f"dreamnfsd resume={job}")
+            row.update(
+                status="lost",
+                error=f"the job died while {row['status']} (killed?); resume it with dreamnfsd resume={job}",
+            )
         row = {**{k: v for k, v in _from_job_config(job).items() if v is not None}, **row}
         row["job"] = job.name
         row.setdefault("run_dir", str(job))
@@ -72,8 +78,11 @@ def summary_markdown(rows: list[dict], sweep_dir: Path | None = None) -> str:
     """A table of the jobs; paths relative to ``sweep_dir`` when they lie inside it."""
     lines = ["| " + " | ".join(COLUMNS) + " | outputs / error |", "|" + "---|" * (len(COLUMNS) + 1)]
     for r in rows:
-        outputs = ", ".join(_short(v, sweep_dir) for k, v in (r.get("outputs") or {}).items()
-                            if isinstance(v, str) and k != "mesh_error")
+        outputs = ", ".join(
+            _short(v, sweep_dir)
+            for k, v in (r.get("outputs") or {}).items()
+            if isinstance(v, str) and k != "mesh_error"
+        )
         cells = {**r, "run_dir": _short(str(r.get("run_dir", "")), sweep_dir)}
         last = _cell(outputs or r.get("error"))
         lines.append("| " + " | ".join(_cell(cells.get(c)) for c in COLUMNS) + f" | {last} |")

@@ -150,8 +150,11 @@ def rescore(runs_dir: Path, done: dict, resolution: int) -> None:
         old = metrics["iou"]
         metrics.update(mask_metrics(masks, metrics["prompt"].split()[2], resolution))
         atomic_write_bytes((json.dumps(metrics, indent=1) + "\n").encode(), runs_dir / f"{key}.json")
-        print(f"{metrics['prompt']:<18} {metrics['method']:<5} IoU side {old['side']:.3f} -> "
-              f"{metrics['iou']['side']:.3f}  top {old['top']:.3f} -> {metrics['iou']['top']:.3f}", flush=True)
+        print(
+            f"{metrics['prompt']:<18} {metrics['method']:<5} IoU side {old['side']:.3f} -> "
+            f"{metrics['iou']['side']:.3f}  top {old['top']:.3f} -> {metrics['iou']['top']:.3f}",
+            flush=True,
+        )
 
 
 def size_reference(shape: str, resolution: int, jitter: float = SCALE_JITTER) -> dict[str, float]:
@@ -164,8 +167,10 @@ def size_reference(shape: str, resolution: int, jitter: float = SCALE_JITTER) ->
     for g in ("side", "top"):
         az, el = cams.azimuth[groups[g]], cams.elevation[groups[g]]
         truth = true_masks(shape, az, el, resolution)
-        ious = [float(mask_iou(true_masks(shape, az, el, resolution, s), truth).mean())
-                for s in torch.linspace(1 - jitter, 1 + jitter, 9).tolist()]
+        ious = [
+            float(mask_iou(true_masks(shape, az, el, resolution, s), truth).mean())
+            for s in torch.linspace(1 - jitter, 1 + jitter, 9).tolist()
+        ]
         out[g] = round(sum(ious) / len(ious), 3)
     return out
 
@@ -183,19 +188,35 @@ def prior_sample_size(components, shape: str, resolution: int, seed: int = 0) ->
     off_white = lambda rgb: (1 - rgb).abs().amax(1) > 0.25  # (V, 3, H, W) -> (V, H, W)
     sizes, reference = [], []
     for colour in COLORS:
-        images = builtin.sample(components, [f"a {colour} {shape}"] * len(az), make_cameras(az, el, resolution),
-                                generator=g)
+        images = builtin.sample(
+            components, [f"a {colour} {shape}"] * len(az), make_cameras(az, el, resolution), generator=g
+        )
         sizes.append(best_scale_iou(off_white(images), shape, az, el, 0.0, FIT_SCALES)[1])
-        truth = render_primitives([shape] * len(az), [colour] * len(az), az, el, resolution, scale=torch.tensor(1.0),
-                                  generator=torch.Generator().manual_seed(seed))["rgb"]
+        truth = render_primitives(
+            [shape] * len(az),
+            [colour] * len(az),
+            az,
+            el,
+            resolution,
+            scale=torch.tensor(1.0),
+            generator=torch.Generator().manual_seed(seed),
+        )["rgb"]
         reference.append(best_scale_iou(off_white(truth), shape, az, el, 0.0, FIT_SCALES)[1])
     median = lambda xs: round(float(torch.tensor(xs).median()), 3)
     return median(sizes), median(reference)
 
 
 def run_one(prompt: str, method: str, args, prior, classifier) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    overrides = [f"prompt={prompt}", "prior=builtin", f"guidance={method}", f"seed={args.seed}",
-                 f"train.steps={args.steps}", "train.val_every=0", "train.ckpt_every=0", *args.overrides]
+    overrides = [
+        f"prompt={prompt}",
+        "prior=builtin",
+        f"guidance={method}",
+        f"seed={args.seed}",
+        f"train.steps={args.steps}",
+        "train.val_every=0",
+        "train.ckpt_every=0",
+        *args.overrides,
+    ]
     if args.prior_folder:
         overrides += ["prior.kind=pixel", f"prior.model={args.prior_folder}"]
     cfg = to_run_config(compose(overrides, config_dir()))
@@ -205,13 +226,23 @@ def run_one(prompt: str, method: str, args, prior, classifier) -> tuple[dict, to
         trainer.fit(SimpleNamespace(requested=None))
         wall = time.perf_counter() - started
         metrics, views, opacity = evaluate(trainer, prompt, classifier, args.resolution)
-    metrics.update(prompt=prompt, method=method, guidance_scale=cfg.guidance.scale, steps=args.steps,
-                   seed=args.seed, wall_time_s=round(wall, 1))
+    metrics.update(
+        prompt=prompt,
+        method=method,
+        guidance_scale=cfg.guidance.scale,
+        steps=args.steps,
+        seed=args.seed,
+        wall_time_s=round(wall, 1),
+    )
     return metrics, views, opacity
 
 
-def summarise(runs: list[dict], resolution: int, prior_sizes: dict[str, tuple[float, float]] | None = None,
-              jitter: float = SCALE_JITTER) -> dict:
+def summarise(
+    runs: list[dict],
+    resolution: int,
+    prior_sizes: dict[str, tuple[float, float]] | None = None,
+    jitter: float = SCALE_JITTER,
+) -> dict:
     out = {}
     for method in sorted({r["method"] for r in runs}):
         rs = [r for r in runs if r["method"] == method]
@@ -221,8 +252,9 @@ def summarise(runs: list[dict], resolution: int, prior_sizes: dict[str, tuple[fl
             srs = [r for r in rs if r["prompt"].endswith(shape)]
             if srs:
                 per_shape[shape] = {g: round(mean([r["iou"][g] for r in srs]), 3) for g in ("side", "top")}
-                per_shape[shape].update({f"{g}_any_scale": round(mean([r["iou_any_scale"][g] for r in srs]), 3)
-                                         for g in ("side", "top")})
+                per_shape[shape].update(
+                    {f"{g}_any_scale": round(mean([r["iou_any_scale"][g] for r in srs]), 3) for g in ("side", "top")}
+                )
                 reference = size_reference(shape, resolution, jitter)
                 per_shape[shape].update({f"{g}_reference": v for g, v in reference.items()})
                 per_shape[shape]["fitted_size"] = round(mean([r["fitted_scale"]["side"] for r in srs]), 3)
@@ -247,39 +279,59 @@ def summarise(runs: list[dict], resolution: int, prior_sizes: dict[str, tuple[fl
 
 
 def markdown(summary: dict, runs: list[dict], overrides: list[str] = (), missing: list[str] = ()) -> str:
-    lines = ["| method | scale | R-precision | IoU side | IoU top | worst shape/group IoU | cube top rot. var. | "
-             "colour err | broken views | s/run | IoU any size side / top |", "|---" * 11 + "|"]
+    lines = [
+        "| method | scale | R-precision | IoU side | IoU top | worst shape/group IoU | cube top rot. var. | "
+        "colour err | broken views | s/run | IoU any size side / top |",
+        "|---" * 11 + "|",
+    ]
     for m, s in summary.items():
-        lines.append(f"| {m} | {s['guidance_scale']} | {s['r_precision']:.1%} | {s['iou_side']:.3f} | "
-                     f"{s['iou_top']:.3f} | {s['iou_min_shape_group']:.3f} | {s['cube_top_rotation_variation']} | "
-                     f"{s['colour_error']:.3f} | {s['broken_view_share']:.1%} | {s['wall_time_s']} | "
-                     f"{s['iou_any_scale_side']:.3f} / {s['iou_any_scale_top']:.3f} |")
-    lines += ["", "| shape | method | IoU side | IoU top | IoU any size side / top | training images side / top | "
-              "fitted size (side) | prior samples' / its images' size |", "|---" * 8 + "|"]
+        lines.append(
+            f"| {m} | {s['guidance_scale']} | {s['r_precision']:.1%} | {s['iou_side']:.3f} | "
+            f"{s['iou_top']:.3f} | {s['iou_min_shape_group']:.3f} | {s['cube_top_rotation_variation']} | "
+            f"{s['colour_error']:.3f} | {s['broken_view_share']:.1%} | {s['wall_time_s']} | "
+            f"{s['iou_any_scale_side']:.3f} / {s['iou_any_scale_top']:.3f} |"
+        )
+    lines += [
+        "",
+        "| shape | method | IoU side | IoU top | IoU any size side / top | training images side / top | "
+        "fitted size (side) | prior samples' / its images' size |",
+        "|---" * 8 + "|",
+    ]
     for shape in SHAPES:
         for m, s in summary.items():
             if shape in s["iou_per_shape"]:
                 v = s["iou_per_shape"][shape]
-                lines.append(f"| {shape} | {m} | {v['side']:.3f} | {v['top']:.3f} | "
-                             f"{v['side_any_scale']:.3f} / {v['top_any_scale']:.3f} | "
-                             f"{v['side_reference']:.3f} / {v['top_reference']:.3f} | {v['fitted_size']:.3f} | "
-                             f"{v.get('prior_sample_size', '–')} / {v.get('prior_image_size', '–')} |")
+                lines.append(
+                    f"| {shape} | {m} | {v['side']:.3f} | {v['top']:.3f} | "
+                    f"{v['side_any_scale']:.3f} / {v['top_any_scale']:.3f} | "
+                    f"{v['side_reference']:.3f} / {v['top_reference']:.3f} | {v['fitted_size']:.3f} | "
+                    f"{v.get('prior_sample_size', '–')} / {v.get('prior_image_size', '–')} |"
+                )
     lines += ["", f"Config overrides on the built-in preset: {' '.join(f'`{o}`' for o in overrides) or 'none'}."]
     # Runs saved before these were recorded used a 5° grid and 2x2-supersampled truth (``--rescore`` updates them).
     grids = sorted({r.get("rotation_step_deg", 5.0) for r in runs})
     truth = sorted({r.get("truth_supersample", 2) for r in runs})
-    lines += [f"Silhouette IoU maximised over a rotation about the vertical axis on a {' / '.join(map(str, grids))}° "
-              f"grid, against truth masks sampled {' / '.join(f'{t}x{t}' for t in truth)} per pixel"
-              f"{' (mixed: rerun with --rescore)' if len(grids) > 1 or len(truth) > 1 else ''}."]
+    lines += [
+        f"Silhouette IoU maximised over a rotation about the vertical axis on a {' / '.join(map(str, grids))}° "
+        f"grid, against truth masks sampled {' / '.join(f'{t}x{t}' for t in truth)} per pixel"
+        f"{' (mixed: rerun with --rescore)' if len(grids) > 1 or len(truth) > 1 else ''}."
+    ]
     if missing:
-        lines += [f"Not yet run by every method, so left out above ({len(missing)} runs, finished ones kept): "
-                  f"{', '.join(missing)}."]
-    lines += ["", "| prompt | method | R-precision | IoU side | IoU top | top rot. var. | colour err | fitted size |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Not yet run by every method, so left out above ({len(missing)} runs, finished ones kept): "
+            f"{', '.join(missing)}."
+        ]
+    lines += [
+        "",
+        "| prompt | method | R-precision | IoU side | IoU top | top rot. var. | colour err | fitted size |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
-        lines.append(f"| {r['prompt']} | {r['method']} | {r['r_precision']:.0%} | {r['iou']['side']:.3f} | "
-                     f"{r['iou']['top']:.3f} | {r['top_rotation_variation']:.3f} | {r['colour_error']:.3f} | "
-                     f"{r['fitted_scale']['side']:.2f} / {r['fitted_scale']['top']:.2f} |")
+        lines.append(
+            f"| {r['prompt']} | {r['method']} | {r['r_precision']:.0%} | {r['iou']['side']:.3f} | "
+            f"{r['iou']['top']:.3f} | {r['top_rotation_variation']:.3f} | {r['colour_error']:.3f} | "
+            f"{r['fitted_scale']['side']:.2f} / {r['fitted_scale']['top']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -316,8 +368,10 @@ def save_run(runs_dir: Path, metrics: dict, views: torch.Tensor, opacity: torch.
     import imageio.v2 as imageio
 
     key = run_key(metrics["prompt"], metrics["method"])
-    for name, image in ((f"{key}.png", torch.cat(list(views), dim=1)),
-                        (f"{key}.opacity.png", torch.cat(list(opacity[..., None]), dim=1))):
+    for name, image in (
+        (f"{key}.png", torch.cat(list(views), dim=1)),
+        (f"{key}.opacity.png", torch.cat(list(opacity[..., None]), dim=1)),
+    ):
         with atomic_output(runs_dir / name) as tmp:
             imageio.imwrite(tmp, to_uint8(image), format="png")
     atomic_write_bytes((json.dumps(metrics, indent=1) + "\n").encode(), runs_dir / f"{key}.json")
@@ -344,13 +398,20 @@ def load_finished(runs_dir: Path, prompts: list[str], methods: list[str], args) 
             if not path.exists():
                 continue
             metrics = json.loads(path.read_text())
-            if (metrics["steps"], metrics["seed"], metrics.get("overrides", [])) != (args.steps, args.seed,
-                                                                                   args.overrides):
-                raise SystemExit(f"--out-dir: {path} was run with other settings (steps {metrics['steps']}, seed "
-                                 f"{metrics['seed']}, overrides {metrics.get('overrides')}); pick a new --out-dir")
+            if (metrics["steps"], metrics["seed"], metrics.get("overrides", [])) != (
+                args.steps,
+                args.seed,
+                args.overrides,
+            ):
+                raise SystemExit(
+                    f"--out-dir: {path} was run with other settings (steps {metrics['steps']}, seed "
+                    f"{metrics['seed']}, overrides {metrics.get('overrides')}); pick a new --out-dir"
+                )
             if metrics.get("prior") != args.prior_id:
-                raise SystemExit(f"--out-dir: {path} was run with another prior (weights {metrics.get('prior')}, "
-                                 f"this one {args.prior_id}); pick a new --out-dir")
+                raise SystemExit(
+                    f"--out-dir: {path} was run with another prior (weights {metrics.get('prior')}, "
+                    f"this one {args.prior_id}); pick a new --out-dir"
+                )
             done[key] = (metrics, read_views(runs_dir / f"{key}.png"))
     return done
 
@@ -374,8 +435,15 @@ def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, 
     jitter = builtin.load_metadata(args.prior_dir).get("scale_jitter", SCALE_JITTER)
     summary = summarise(runs, args.resolution, prior_sizes, jitter)
     missing = [run_key(p, m) for p in prompts for m in methods if p not in paired]
-    report = {"summary": summary, "runs": runs, "steps": args.steps, "seed": args.seed, "prompts": prompts,
-              "overrides": args.overrides, "missing": missing}
+    report = {
+        "summary": summary,
+        "runs": runs,
+        "steps": args.steps,
+        "seed": args.seed,
+        "prompts": prompts,
+        "overrides": args.overrides,
+        "missing": missing,
+    }
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(summary, runs, args.overrides, missing)
     (out / "results.md").write_text(table)
@@ -387,8 +455,9 @@ def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"prompts {QUICK_PROMPTS}, 30 steps")
-    parser.add_argument("--prompts", nargs="*", default=None,
-                        help="default: all 25 (an item with \"=\" is taken as a config override)")
+    parser.add_argument(
+        "--prompts", nargs="*", default=None, help='default: all 25 (an item with "=" is taken as a config override)'
+    )
     parser.add_argument("--methods", nargs="*", default=["sds", "nfsd"])
     parser.add_argument("--steps", type=int, default=None, help="default: the built-in preset's steps")
     parser.add_argument("--seed", type=int, default=0)
@@ -397,10 +466,16 @@ def main() -> None:
     parser.add_argument("--out-dir", default="outputs/bench_quality")
     parser.add_argument("--shard", default="1/1", help="K/N: run every N-th run starting at the K-th")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from saved runs")
-    parser.add_argument("--rescore", action="store_true",
-                        help="recompute saved runs' silhouette metrics from their opacity PNGs, then report")
-    parser.add_argument("--prior-sizes", action="store_true",
-                        help="also fit the size of the prior's own samples of each shape (seconds a shape)")
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="recompute saved runs' silhouette metrics from their opacity PNGs, then report",
+    )
+    parser.add_argument(
+        "--prior-sizes",
+        action="store_true",
+        help="also fit the size of the prior's own samples of each shape (seconds a shape)",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every run")
     args = parser.parse_args()
     if args.prompts:
@@ -418,14 +493,18 @@ def main() -> None:
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     done = load_finished(runs_dir, prompts, args.methods, args)
-    todo = [(p, m) for p in prompts for m in args.methods][shard - 1::n_shards]
+    todo = [(p, m) for p in prompts for m in args.methods][shard - 1 :: n_shards]
     if args.rescore:
         rescore(runs_dir, done, args.resolution)
     todo = [] if args.report_only or args.rescore else [(p, m) for p, m in todo if run_key(p, m) not in done]
     if todo:
-        prior_cfg = to_run_config(compose(["prompt=a red cube", "prior=builtin"] + (
-            ["prior.kind=pixel", f"prior.model={args.prior_folder}"] if args.prior_folder else []),
-            config_dir())).prior
+        prior_cfg = to_run_config(
+            compose(
+                ["prompt=a red cube", "prior=builtin"]
+                + (["prior.kind=pixel", f"prior.model={args.prior_folder}"] if args.prior_folder else []),
+                config_dir(),
+            )
+        ).prior
         prior = load_prior(prior_cfg, "cpu")
         classifier = load_classifier()
     for prompt, method in todo:
@@ -433,9 +512,12 @@ def main() -> None:
         metrics["overrides"], metrics["prior"] = args.overrides, args.prior_id
         save_run(runs_dir, metrics, views, opacity)
         done[run_key(prompt, method)] = (metrics, views)
-        print(f"{prompt:<18} {method:<5} R-prec {metrics['r_precision']:.0%}  IoU side {metrics['iou']['side']:.3f}"
-              f"  top {metrics['iou']['top']:.3f}  top-rot {metrics['top_rotation_variation']:.3f}"
-              f"  {metrics['wall_time_s']}s", flush=True)
+        print(
+            f"{prompt:<18} {method:<5} R-prec {metrics['r_precision']:.0%}  IoU side {metrics['iou']['side']:.3f}"
+            f"  top {metrics['iou']['top']:.3f}  top-rot {metrics['top_rotation_variation']:.3f}"
+            f"  {metrics['wall_time_s']}s",
+            flush=True,
+        )
     # Sharded processes each report what exists; the last one to finish sees every run.
     done = load_finished(runs_dir, prompts, args.methods, args)
     write_report(out, prompts, args.methods, done, args)

@@ -65,8 +65,13 @@ def main() -> None:
     prior_ms = per_step.get("prior call", 0.0)
     render_backward_ms = per_step.get("render", 0.0) + per_step.get("backward", 0.0)
     result = {
-        "config": {"camera": f"{cfg.camera.height}x{cfg.camera.width}", "batch_size": cfg.train.batch_size,
-                   "guidance": cfg.guidance.kind, "prior": cfg.prior.kind, "threads": torch.get_num_threads()},
+        "config": {
+            "camera": f"{cfg.camera.height}x{cfg.camera.width}",
+            "batch_size": cfg.train.batch_size,
+            "guidance": cfg.guidance.kind,
+            "prior": cfg.prior.kind,
+            "threads": torch.get_num_threads(),
+        },
         "steps": args.steps,
         "step_ms": step_ms,
         "phase_ms": per_step,
@@ -81,8 +86,10 @@ def main() -> None:
         if key in per_step:
             print(f"{name:<24}{per_step[key]:>10.1f}{per_step[key] / step_ms:>9.1%}")
     print(f"{'step (wall)':<24}{step_ms:>10.1f}{1:>9.0%}")
-    print(f"prior call: {result['prior_call_share']:.1%} of the step; render + backward: "
-          f"{result['render_plus_backward_share']:.1%}")
+    print(
+        f"prior call: {result['prior_call_share']:.1%} of the step; render + backward: "
+        f"{result['render_plus_backward_share']:.1%}"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

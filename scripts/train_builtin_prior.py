@@ -55,26 +55,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--n-data", type=int, default=50_000)
-    p.add_argument("--min-snr-gamma", type=float, default=5.0,
-                   help="Min-SNR loss weight min(snr, gamma)/snr for epsilon (0 disables): the plain loss is dominated "
-                   "by small t and left large-t predictions, which set the image's mean colour, poorly trained")
-    p.add_argument("--x0-weight-cap", type=float, default=10.0,
-                   help="also weight each image's loss by clamp(1/snr, 1, cap) (0 disables): the epsilon loss "
-                   "scales x0 errors by snr, so at large t, where the object's outline and orientation are decided "
-                   "and the camera is the only clue to them, it barely asked for them and the camera went unused")
-    p.add_argument("--cube-weight", type=float, default=2.0,
-                   help="sampling weight of cube images: the cube is the only shape whose look depends on azimuth, "
-                   "so it carries nearly all of the azimuth signal the camera channels must learn")
-    p.add_argument("--pose-harmonics", type=int, default=POSE_HARMONICS,
-                   help="azimuth harmonics of the UNet's global camera pose embedding (0: ray channels only)")
-    p.add_argument("--pose-lr-mult", type=float, default=3.0,
-                   help="learning-rate multiplier of the pose embedding (added late to a trained UNet, it starts at 0)")
-    p.add_argument("--scale-jitter", type=float, default=SCALE_JITTER,
-                   help="training images draw each primitive at 1 ± this size; 0 draws every object at the one size "
-                   "the benchmark's silhouettes are judged at, which the jittered prior only matched to IoU 0.85-0.91")
-    p.add_argument("--init-from", type=Path, default=None,
-                   help="start from an exported prior folder's weights (model and EMA; fresh optimiser, warm-up "
-                   "and random streams) instead of from scratch; its recorded option history carries over")
+    p.add_argument(
+        "--min-snr-gamma",
+        type=float,
+        default=5.0,
+        help="Min-SNR loss weight min(snr, gamma)/snr for epsilon (0 disables): the plain loss is dominated "
+        "by small t and left large-t predictions, which set the image's mean colour, poorly trained",
+    )
+    p.add_argument(
+        "--x0-weight-cap",
+        type=float,
+        default=10.0,
+        help="also weight each image's loss by clamp(1/snr, 1, cap) (0 disables): the epsilon loss "
+        "scales x0 errors by snr, so at large t, where the object's outline and orientation are decided "
+        "and the camera is the only clue to them, it barely asked for them and the camera went unused",
+    )
+    p.add_argument(
+        "--cube-weight",
+        type=float,
+        default=2.0,
+        help="sampling weight of cube images: the cube is the only shape whose look depends on azimuth, "
+        "so it carries nearly all of the azimuth signal the camera channels must learn",
+    )
+    p.add_argument(
+        "--pose-harmonics",
+        type=int,
+        default=POSE_HARMONICS,
+        help="azimuth harmonics of the UNet's global camera pose embedding (0: ray channels only)",
+    )
+    p.add_argument(
+        "--pose-lr-mult",
+        type=float,
+        default=3.0,
+        help="learning-rate multiplier of the pose embedding (added late to a trained UNet, it starts at 0)",
+    )
+    p.add_argument(
+        "--scale-jitter",
+        type=float,
+        default=SCALE_JITTER,
+        help="training images draw each primitive at 1 ± this size; 0 draws every object at the one size "
+        "the benchmark's silhouettes are judged at, which the jittered prior only matched to IoU 0.85-0.91",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from an exported prior folder's weights (model and EMA; fresh optimiser, warm-up "
+        "and random streams) instead of from scratch; its recorded option history carries over",
+    )
     p.add_argument("--camera-drop", type=float, default=0.1)
     p.add_argument("--caption-drop", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
@@ -145,15 +173,27 @@ def export(args: argparse.Namespace, ema: PriorComponents, step: int, loss: floa
     """Write the EMA model to ``args.out`` through a temporary folder so a complete export is always on disk."""
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    meta = {"train_steps": step, "final_loss": round(loss, 5), "seed": args.seed, "ema_decay": args.ema,
-            "ema_history": args.ema_history,
-            "batch_size": args.batch, "n_train_images": args.n_data, "min_snr_gamma": args.min_snr_gamma,
-            "min_snr_from_step": args.min_snr_from_step, "cube_weight": args.cube_weight,
-            "cube_weight_from_step": args.cube_weight_from_step, "pose_harmonics": args.pose_harmonics,
-            "pose_from_step": args.pose_from_step, "x0_weight_cap": args.x0_weight_cap,
-            "x0_weight_from_step": args.x0_weight_from_step, "scale_jitter": args.scale_jitter,
-            "scale_jitter_from_step": args.scale_jitter_from_step, "init_steps": args.init_steps,
-            "loss_note": "final_loss is the running mean of the (Min-SNR weighted) epsilon MSE"}
+    meta = {
+        "train_steps": step,
+        "final_loss": round(loss, 5),
+        "seed": args.seed,
+        "ema_decay": args.ema,
+        "ema_history": args.ema_history,
+        "batch_size": args.batch,
+        "n_train_images": args.n_data,
+        "min_snr_gamma": args.min_snr_gamma,
+        "min_snr_from_step": args.min_snr_from_step,
+        "cube_weight": args.cube_weight,
+        "cube_weight_from_step": args.cube_weight_from_step,
+        "pose_harmonics": args.pose_harmonics,
+        "pose_from_step": args.pose_from_step,
+        "x0_weight_cap": args.x0_weight_cap,
+        "x0_weight_from_step": args.x0_weight_from_step,
+        "scale_jitter": args.scale_jitter,
+        "scale_jitter_from_step": args.scale_jitter_from_step,
+        "init_steps": args.init_steps,
+        "loss_note": "final_loss is the running mean of the (Min-SNR weighted) epsilon MSE",
+    }
     save_components(ema, tmp, meta)
     (tmp / "README.md").write_text(model_card(meta))
     old = args.out.with_name(args.out.name + ".old")
@@ -215,8 +255,10 @@ def init_note(meta: dict) -> str:
         return ""
     ends = [*inits[1:], meta["train_steps"]]
     spans = "; ".join(f"steps {s + 1}-{e} from the step-{s} export" for s, e in zip(inits, ends))
-    return (f"\n- Continued from exported weights with a fresh optimiser ({spans}; those training checkpoints were "
-            "not kept), so the chain below restarts there with `--init-from`.")
+    return (
+        f"\n- Continued from exported weights with a fresh optimiser ({spans}; those training checkpoints were "
+        "not kept), so the chain below restarts there with `--init-from`."
+    )
 
 
 def reproduce_commands(meta: dict) -> str:
@@ -230,8 +272,9 @@ def reproduce_commands(meta: dict) -> str:
     }
     inits = init_steps(meta)
     ema = {s: d for s, d in meta["ema_history"]}
-    stops = sorted({s for s, _, _ in off.values() if s > 0} | {s for s in ema if s > 0} | set(inits)
-                   | {meta["train_steps"]})
+    stops = sorted(
+        {s for s, _, _ in off.values() if s > 0} | {s for s in ema if s > 0} | set(inits) | {meta["train_steps"]}
+    )
     lines, start = [], 0
     for stop in stops:
         opts = [f"{k} {after if start >= s else before}" for k, (s, before, after) in off.items()]
@@ -246,8 +289,10 @@ def reproduce_commands(meta: dict) -> str:
         else:
             how = " --resume" + (f" --work-dir work_data/from_step{since[-1]}" if since else "")
         out = f" --out work_data/prior_step{stop}" if stop in inits else ""
-        lines.append(f"    python scripts/train_builtin_prior.py --seed {meta['seed']}{how} --steps {stop} "
-                     f"{' '.join(opts)} --ema {decay}{out}")
+        lines.append(
+            f"    python scripts/train_builtin_prior.py --seed {meta['seed']}{how} --steps {stop} "
+            f"{' '.join(opts)} --ema {decay}{out}"
+        )
         start = stop
     return "\n".join(lines)
 
@@ -256,18 +301,29 @@ def init_from(args: argparse.Namespace, model: PriorComponents, ema: PriorCompon
     """Load an exported prior into ``model`` and ``ema`` and take over its option history; returns its step."""
     meta = load_metadata(args.init_from)
     if meta.get("pose_harmonics", 0) != args.pose_harmonics:
-        sys.exit(f"error: --init-from {args.init_from} has pose_harmonics={meta.get('pose_harmonics', 0)}; "
-                 f"pass --pose-harmonics {meta.get('pose_harmonics', 0)}")
+        sys.exit(
+            f"error: --init-from {args.init_from} has pose_harmonics={meta.get('pose_harmonics', 0)}; "
+            f"pass --pose-harmonics {meta.get('pose_harmonics', 0)}"
+        )
     src = load_components(args.init_from)
     for target in (model, ema):
         target.unet.load_state_dict(src.unet.state_dict())
         target.text_encoder.load_state_dict(src.text_encoder.state_dict())
     step = meta["train_steps"]
-    for key in ("min_snr_from_step", "cube_weight_from_step", "pose_from_step", "x0_weight_from_step",
-                "scale_jitter_from_step"):
+    for key in (
+        "min_snr_from_step",
+        "cube_weight_from_step",
+        "pose_from_step",
+        "x0_weight_from_step",
+        "scale_jitter_from_step",
+    ):
         setattr(args, key, meta.get(key, 0))
-    changed = {"min_snr_gamma": "min_snr_from_step", "cube_weight": "cube_weight_from_step",
-               "x0_weight_cap": "x0_weight_from_step", "scale_jitter": "scale_jitter_from_step"}
+    changed = {
+        "min_snr_gamma": "min_snr_from_step",
+        "cube_weight": "cube_weight_from_step",
+        "x0_weight_cap": "x0_weight_from_step",
+        "scale_jitter": "scale_jitter_from_step",
+    }
     for option, key in changed.items():
         if getattr(args, option) != meta.get(option, SCALE_JITTER if option == "scale_jitter" else None):
             setattr(args, key, step)
@@ -333,8 +389,9 @@ def main(argv: list[str] | None = None) -> None:
         args.scale_jitter_from_step = ck.get("scale_jitter_from_step", 0)
         if args.scale_jitter != old.get("scale_jitter", SCALE_JITTER):
             args.scale_jitter_from_step = step
-        print(f"resumed from {ckpt_path} at step {step}" + (" (pose embedding added)" if adding_pose else ""),
-              flush=True)
+        print(
+            f"resumed from {ckpt_path} at step {step}" + (" (pose embedding added)" if adding_pose else ""), flush=True
+        )
     else:
         if pose:
             opt.add_param_group(pose_group)
@@ -342,15 +399,28 @@ def main(argv: list[str] | None = None) -> None:
             step = init_from(args, model, ema)
 
     def save_checkpoint() -> None:
-        _atomic_save({
-            "unet": model.unet.state_dict(), "text_encoder": model.text_encoder.state_dict(),
-            "ema_unet": ema.unet.state_dict(), "ema_text_encoder": ema.text_encoder.state_dict(),
-            "opt": opt.state_dict(), "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
-            "step": step, "loss_avg": loss_avg, "args": vars(args), "min_snr_from_step": args.min_snr_from_step,
-            "cube_weight_from_step": args.cube_weight_from_step, "pose_from_step": args.pose_from_step,
-            "x0_weight_from_step": args.x0_weight_from_step, "ema_history": args.ema_history,
-            "scale_jitter_from_step": args.scale_jitter_from_step, "init_steps": args.init_steps,
-        }, ckpt_path)
+        _atomic_save(
+            {
+                "unet": model.unet.state_dict(),
+                "text_encoder": model.text_encoder.state_dict(),
+                "ema_unet": ema.unet.state_dict(),
+                "ema_text_encoder": ema.text_encoder.state_dict(),
+                "opt": opt.state_dict(),
+                "generator": g.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "loss_avg": loss_avg,
+                "args": vars(args),
+                "min_snr_from_step": args.min_snr_from_step,
+                "cube_weight_from_step": args.cube_weight_from_step,
+                "pose_from_step": args.pose_from_step,
+                "x0_weight_from_step": args.x0_weight_from_step,
+                "ema_history": args.ema_history,
+                "scale_jitter_from_step": args.scale_jitter_from_step,
+                "init_steps": args.init_steps,
+            },
+            ckpt_path,
+        )
 
     if args.steps <= step:
         export(args, ema, step, loss_avg)

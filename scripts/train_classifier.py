@@ -1,6 +1,6 @@
 """Train the shape/colour classifier on procedural renders (elevation -10..90 degrees, overhead views included).
 
-    .venv/bin/python scripts/train_classifier.py --threads 1 --minutes 8
+.venv/bin/python scripts/train_classifier.py --threads 1 --minutes 8
 """
 
 from __future__ import annotations
@@ -95,8 +95,17 @@ def main() -> None:
             print(f"step {step} loss {loss.item():.4f} val shape/colour {evaluate(model, val)}", flush=True)
     shape_acc, color_acc = evaluate(model, val)
     print(f"final: {step} steps, val shape {shape_acc:.4f} colour {color_acc:.4f}", flush=True)
-    save_classifier(model, args.out, {"train_steps": step, "val_shape_acc": shape_acc, "val_color_acc": color_acc,
-                                      "elevation_range": list(ELEVATION), "seed": args.seed})
+    save_classifier(
+        model,
+        args.out,
+        {
+            "train_steps": step,
+            "val_shape_acc": shape_acc,
+            "val_color_acc": color_acc,
+            "elevation_range": list(ELEVATION),
+            "seed": args.seed,
+        },
+    )
 
 
 if __name__ == "__main__":

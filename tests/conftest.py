@@ -33,10 +33,20 @@ def tiny_sd_prior(tmp_path_factory) -> Path:
 def tiny_run_overrides(prior_folder: Path, output_root: Path) -> list[str]:
     """A run small enough for a CPU test: 16 px renders, a small hash grid, few steps, small exports."""
     return [
-        "prior=pixel", f"prior.model={prior_folder}", f"output_root={output_root}", "train=quick",
-        "camera.height=16", "camera.width=16", "field.encoding.n_levels=4", "field.encoding.log2_hashmap_size=12",
-        "field.hidden_dim=32", "grid.resolution=32", "export.mesh_resolution=40", "export.video_frames=6",
-        "export.video_resolution=24", "train.val_views=2",
+        "prior=pixel",
+        f"prior.model={prior_folder}",
+        f"output_root={output_root}",
+        "train=quick",
+        "camera.height=16",
+        "camera.width=16",
+        "field.encoding.n_levels=4",
+        "field.encoding.log2_hashmap_size=12",
+        "field.hidden_dim=32",
+        "grid.resolution=32",
+        "export.mesh_resolution=40",
+        "export.video_frames=6",
+        "export.video_resolution=24",
+        "train.val_views=2",
     ]
 
 
@@ -44,6 +54,10 @@ def run_cli(args: list[str], timeout: float = 600, env: dict | None = None) -> s
     """Run ``dreamnfsd`` in a subprocess (as a user would), returning the completed process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "dreamnfsd.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "dreamnfsd.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env=full_env,
     )

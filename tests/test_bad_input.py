@@ -75,12 +75,24 @@ def world(tmp_path_factory, tiny_pixel_prior):
         w.unlink()
     vocab = root / "vocab_prior"
     shutil.copytree(tiny_pixel_prior, vocab)
-    spec = (vocab / "dreamnfsd_prior.json").read_text().replace('"vocabulary": null', '"vocabulary": ["a", "red", '
-                                                                 '"cube"]')
+    spec = (
+        (vocab / "dreamnfsd_prior.json").read_text().replace('"vocabulary": null', '"vocabulary": ["a", "red", "cube"]')
+    )
     (vocab / "dreamnfsd_prior.json").write_text(spec)
-    return {"root": root, "out": out, "base": base, "run": run, "truncated": truncated, "garbage": garbage,
-            "nonempty": nonempty, "a_file": a_file, "empty_prior": empty_prior, "no_weights": no_weights,
-            "vocab": vocab, "missing": root / "no_such_folder"}
+    return {
+        "root": root,
+        "out": out,
+        "base": base,
+        "run": run,
+        "truncated": truncated,
+        "garbage": garbage,
+        "nonempty": nonempty,
+        "a_file": a_file,
+        "empty_prior": empty_prior,
+        "no_weights": no_weights,
+        "vocab": vocab,
+        "missing": root / "no_such_folder",
+    }
 
 
 def _cases(w) -> dict[str, tuple[list[str], list[str]]]:
@@ -105,8 +117,10 @@ def _cases(w) -> dict[str, tuple[list[str], list[str]]]:
         "t range at 0": ([*p, "guidance.t_range=[0,0.5]"], ["guidance.t_range", "0 < t_min < t_max < 1"]),
         "t range one value": ([*p, "guidance.t_range=[0.5]"], ["guidance.t_range", "two numbers"]),
         "guidance scale zero": ([*p, "guidance.guidance_scale=0"], ["guidance.guidance_scale", "> 0"]),
-        "guidance scale negative": ([*p, "guidance=sds", "guidance.guidance_scale=-5"],
-                                    ["guidance.guidance_scale", "> 0"]),
+        "guidance scale negative": (
+            [*p, "guidance=sds", "guidance.guidance_scale=-5"],
+            ["guidance.guidance_scale", "> 0"],
+        ),
         "prior folder missing": ([*p, f"prior.model={w['missing']}"], ["prior.model", "does not exist"]),
         "prior folder empty": ([*p, f"prior.model={w['empty_prior']}"], ["prior.model", "missing: unet/"]),
         "prior weights missing": ([*p, f"prior.model={w['no_weights']}"], ["prior.model", "unet/"]),
@@ -125,13 +139,32 @@ def _cases(w) -> dict[str, tuple[list[str], list[str]]]:
         "ckpt_every negative": ([*p, "train.ckpt_every=-1"], ["train.ckpt_every"]),
         "background jitter above 1": ([*p, "train.background_jitter=1.5"], ["train.background_jitter", "[0, 1]"]),
         "pixel jitter above 1": ([*p, "camera.pixel_jitter=2"], ["camera.pixel_jitter", "[0, 1]"]),
-        "background jitter on an mlp background": ([*p, "train.background_jitter=0.3", "background=mlp"],
-                                                   ["train.background_jitter", "background.kind=constant"]),
+        "background jitter on an mlp background": (
+            [*p, "train.background_jitter=0.3", "background=mlp"],
+            ["train.background_jitter", "background.kind=constant"],
+        ),
     }
 
 
-CASE_NAMES = list(_cases({k: Path("/x") for k in ("run", "truncated", "garbage", "nonempty", "a_file",
-                                                 "empty_prior", "no_weights", "vocab", "missing", "root")}))
+CASE_NAMES = list(
+    _cases(
+        {
+            k: Path("/x")
+            for k in (
+                "run",
+                "truncated",
+                "garbage",
+                "nonempty",
+                "a_file",
+                "empty_prior",
+                "no_weights",
+                "vocab",
+                "missing",
+                "root",
+            )
+        }
+    )
+)
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
@@ -164,8 +197,11 @@ def test_subprocess_hub_model_not_cached_offline(world, tmp_path):
     proc = run_cli([f"prompt={PROMPT}", f"output_root={world['out']}", "prior=stable_diffusion"], env=env, timeout=120)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr
-    assert lines == [lines[0]] and "prior.model: 'stabilityai/stable-diffusion-2-1-base' is not in the Hugging Face " \
-                                   "cache" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0], proc.stderr
+    assert (
+        lines == [lines[0]]
+        and "prior.model: 'stabilityai/stable-diffusion-2-1-base' is not in the Hugging Face cache" in lines[0]
+        and "HF_HUB_OFFLINE=1" in lines[0]
+    ), proc.stderr
     assert proc.stdout == ""
     assert snapshot(world["root"]) == before
     assert not (tmp_path / "empty_hf_home").exists() or not any((tmp_path / "empty_hf_home").rglob("*.safetensors"))
@@ -190,8 +226,9 @@ def test_debug_shows_the_traceback(world, how, monkeypatch):
 
 def test_no_traceback_in_a_real_shell(world):
     """The same error without --debug through the real entry point: one line, code 2 seen by the shell."""
-    proc = run_cli([*world["base"], f"prompt={PROMPT}", "guidance.t_range=[0.9,0.1]"],
-                   env={"HYDRA_FULL_ERROR": ""}, timeout=120)
+    proc = run_cli(
+        [*world["base"], f"prompt={PROMPT}", "guidance.t_range=[0.9,0.1]"], env={"HYDRA_FULL_ERROR": ""}, timeout=120
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "dreamnfsd: error: guidance.t_range: must satisfy 0 < t_min < t_max < 1, got [0.9, 0.1] "

@@ -26,9 +26,22 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
     def bench(*extra, rc=0):
         proc = subprocess.run(
             # The override goes last, so where --prompts is given it must still be taken as an override.
-            [sys.executable, "scripts/bench_quality.py", "--quick", "--steps", "4", "--out-dir", str(out), *extra,
-             "train.num_threads=1"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "scripts/bench_quality.py",
+                "--quick",
+                "--steps",
+                "4",
+                "--out-dir",
+                str(out),
+                *extra,
+                "train.num_threads=1",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert proc.returncode == rc, proc.stderr[-2000:]
         return proc.stdout + proc.stderr
@@ -52,9 +65,19 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
     assert sorted(results["summary"]) == ["nfsd", "sds"]
     assert {r["guidance_scale"] for r in results["runs"]} == {100.0, 7.5}  # each method at its own scale
     for summary in results["summary"].values():
-        for key in ("r_precision", "iou_side", "iou_top", "iou_min_shape_group", "iou_per_shape",
-                    "cube_top_rotation_variation", "colour_error", "broken_view_share", "wall_time_s",
-                    "iou_any_scale_side", "iou_any_scale_top"):
+        for key in (
+            "r_precision",
+            "iou_side",
+            "iou_top",
+            "iou_min_shape_group",
+            "iou_per_shape",
+            "cube_top_rotation_variation",
+            "colour_error",
+            "broken_view_share",
+            "wall_time_s",
+            "iou_any_scale_side",
+            "iou_any_scale_top",
+        ):
             assert summary[key] is not None, key
         assert set(summary["iou_per_shape"]) == {"cube", "sphere"}
         jitter = load_metadata(DEFAULT_DIR).get("scale_jitter", SCALE_JITTER)

@@ -19,8 +19,14 @@ def _pixel_coords(cams: CameraBatch, dirs: torch.Tensor) -> torch.Tensor:
 
 
 def test_pixel_jitter_moves_rays_within_their_own_pixel_and_zero_draws_nothing():
-    cams = CameraBatch.from_angles(torch.tensor([0.3, 2.0]), torch.tensor([0.2, math.radians(40)]),
-                                   torch.tensor([3.0, 3.0]), torch.deg2rad(torch.tensor([40.0, 40.0])), 6, 5)
+    cams = CameraBatch.from_angles(
+        torch.tensor([0.3, 2.0]),
+        torch.tensor([0.2, math.radians(40)]),
+        torch.tensor([3.0, 3.0]),
+        torch.deg2rad(torch.tensor([40.0, 40.0])),
+        6,
+        5,
+    )
     grid = torch.stack(torch.meshgrid(torch.arange(6.0), torch.arange(5.0), indexing="ij"), dim=-1)  # (H, W, 2)
     g = torch.Generator().manual_seed(0)
     state = g.get_state()

@@ -22,16 +22,29 @@ def _only_run_dir(root: Path) -> Path:
 def test_cli_writes_every_output_and_resumes(tmp_path, tiny_pixel_prior, guidance):
     import trimesh
 
-    args = ["prompt=a red cube", f"guidance={guidance}", *tiny_run_overrides(tiny_pixel_prior, tmp_path),
-            "train.steps=10", "train.ckpt_every=5", "train.val_every=5"]
+    args = [
+        "prompt=a red cube",
+        f"guidance={guidance}",
+        *tiny_run_overrides(tiny_pixel_prior, tmp_path),
+        "train.steps=10",
+        "train.ckpt_every=5",
+        "train.val_every=5",
+    ]
     proc = run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = _only_run_dir(tmp_path)
     assert run_dir.parent.name == "a-red-cube"
     assert str(run_dir) in proc.stdout  # it says where the outputs are
 
-    for name in ("config.yaml", "mesh.obj", "mesh.ply", "mesh.glb", "turntable.mp4",
-                 "turntable_rgb_normal_opacity.mp4", "run.json"):
+    for name in (
+        "config.yaml",
+        "mesh.obj",
+        "mesh.ply",
+        "mesh.glb",
+        "turntable.mp4",
+        "turntable_rgb_normal_opacity.mp4",
+        "run.json",
+    ):
         assert (run_dir / name).is_file(), name
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000005.pt", "step_000010.pt"]
     assert (run_dir / "validation" / "step_000010.png").is_file()
@@ -51,8 +64,16 @@ def test_cli_writes_every_output_and_resumes(tmp_path, tiny_pixel_prior, guidanc
 
     # Resume continues from the saved step, and the finished run's files are kept.
     mesh_before = (run_dir / "mesh.obj").read_bytes()
-    proc = run_cli([f"resume={run_dir}", *tiny_run_overrides(tiny_pixel_prior, tmp_path), "train.steps=15",
-                    "train.ckpt_every=5", "train.val_every=5", f"guidance={guidance}"])
+    proc = run_cli(
+        [
+            f"resume={run_dir}",
+            *tiny_run_overrides(tiny_pixel_prior, tmp_path),
+            "train.steps=15",
+            "train.ckpt_every=5",
+            "train.val_every=5",
+            f"guidance={guidance}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming" in proc.stderr and "at step 10" in proc.stderr
     assert json.loads((run_dir / "run.json").read_text())["step"] == 15
@@ -71,11 +92,13 @@ def _read_frames(path: Path):
 def test_reexport_writes_beside_the_run(tmp_path, tiny_pixel_prior):
     from dreamnfsd.cli import export_main
 
-    proc = run_cli(["prompt=a blue sphere", *tiny_run_overrides(tiny_pixel_prior, tmp_path), "train.steps=4",
-                    "export.video=false"])
+    proc = run_cli(
+        ["prompt=a blue sphere", *tiny_run_overrides(tiny_pixel_prior, tmp_path), "train.steps=4", "export.video=false"]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = _only_run_dir(tmp_path)
-    assert export_main([str(run_dir), "--mesh-resolution", "24", "--video-frames", "3", "--video-resolution",
-                        "16"]) == 0
+    assert (
+        export_main([str(run_dir), "--mesh-resolution", "24", "--video-frames", "3", "--video-resolution", "16"]) == 0
+    )
     (out,) = list((run_dir / "exports").iterdir())
     assert (out / "mesh.ply").is_file() and _read_frames(out / "turntable.mp4").shape[0] == 3

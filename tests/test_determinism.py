@@ -42,8 +42,15 @@ STEPS, EVERY = 12, 2  # room after the 4th interruption, which comes after the c
 # Shading (and its light RNG) from step 4 with normals and the orientation loss, a validation image every 4 steps,
 # occupancy-grid updates (with their jitter) every 3 steps from step 3, out of step with the checkpoints so a resume
 # lands between updates. (Not grid.update_fraction < 1: see test_partial_grid_update_is_deterministic.)
-RUN_ARGS = [f"train.steps={STEPS}", f"train.ckpt_every={EVERY}", "train.val_every=4", "train.shading_warmup_steps=4",
-            "grid.warmup_steps=3", "grid.update_every=3", "export.video=false"]
+RUN_ARGS = [
+    f"train.steps={STEPS}",
+    f"train.ckpt_every={EVERY}",
+    "train.val_every=4",
+    "train.shading_warmup_steps=4",
+    "grid.warmup_steps=3",
+    "grid.update_every=3",
+    "export.video=false",
+]
 RUN_DEPENDENT = ("wall_time",)
 CONFIG_RUN_DEPENDENT = ("output_dir", "resume", "output_root")
 
@@ -53,8 +60,14 @@ def _env() -> dict:
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dreamnfsd.cli", *args], cwd=REPO, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dreamnfsd.cli", *args],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _fresh_args(prior: Path, out: Path, run: Path) -> list[str]:

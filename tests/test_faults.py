@@ -51,8 +51,9 @@ def make_trainer(tiny_pixel_prior, prior, tmp_path):
     from dreamnfsd.train.trainer import Trainer
 
     def make(*extra: str):
-        cfg = to_run_config(compose([f"prompt={PROMPT}", *tiny_run_overrides(tiny_pixel_prior, tmp_path), *FAST,
-                                     *extra], config_dir()))
+        cfg = to_run_config(
+            compose([f"prompt={PROMPT}", *tiny_run_overrides(tiny_pixel_prior, tmp_path), *FAST, *extra], config_dir())
+        )
         return Trainer(cfg, tmp_path / "run", torch.device("cpu"), prior)
 
     return make
@@ -114,8 +115,13 @@ def test_a_nonfinite_step_is_skipped_and_counted(make_trainer, where):
 
 
 def test_consecutive_nonfinite_steps_roll_back_with_a_lower_learning_rate(make_trainer):
-    trainer = make_trainer("train.steps=4", "train.ckpt_every=2", "train.max_consecutive_skips=2",
-                           "train.on_nan=rollback", "train.rollback_lr_factor=0.5")
+    trainer = make_trainer(
+        "train.steps=4",
+        "train.ckpt_every=2",
+        "train.max_consecutive_skips=2",
+        "train.on_nan=rollback",
+        "train.rollback_lr_factor=0.5",
+    )
     base = [g["lr"] for g in trainer.optimizer.param_groups]
     calls = _inject(trainer, {3, 4})  # steps 3 and 4 go bad once; the checkpoint of step 2 is the last good one
     trainer.fit(_NoStop())
@@ -130,8 +136,7 @@ def test_consecutive_nonfinite_steps_roll_back_with_a_lower_learning_rate(make_t
 def test_nonfinite_steps_abort_when_asked(make_trainer):
     from dreamnfsd.train.trainer import NonFiniteTrainingError
 
-    trainer = make_trainer("train.steps=4", "train.ckpt_every=1", "train.max_consecutive_skips=2",
-                           "train.on_nan=abort")
+    trainer = make_trainer("train.steps=4", "train.ckpt_every=1", "train.max_consecutive_skips=2", "train.on_nan=abort")
     _inject(trainer, lambda n: n >= 2)
     with pytest.raises(NonFiniteTrainingError, match=r"train: 2 steps in a row gave NaN/inf at step 3; lower"):
         trainer.fit(_NoStop())
@@ -154,13 +159,27 @@ def test_nan_abort_through_the_command(tiny_pixel_prior, tmp_path, capsys, monke
     from dreamnfsd.guidance import Guidance
 
     real = Guidance.step
-    monkeypatch.setattr(Guidance, "step", lambda self, *a, **k: dataclasses.replace(
-        real(self, *a, **k), loss=torch.tensor(float("nan"), requires_grad=True)))
+    monkeypatch.setattr(
+        Guidance,
+        "step",
+        lambda self, *a, **k: dataclasses.replace(
+            real(self, *a, **k), loss=torch.tensor(float("nan"), requires_grad=True)
+        ),
+    )
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
-        main([f"prompt={PROMPT}", *tiny_run_overrides(tiny_pixel_prior, tmp_path), *FAST, "train.steps=6",
-              "train.ckpt_every=2", "train.max_consecutive_skips=2", f"output_dir={run}"])
+        main(
+            [
+                f"prompt={PROMPT}",
+                *tiny_run_overrides(tiny_pixel_prior, tmp_path),
+                *FAST,
+                "train.steps=6",
+                "train.ckpt_every=2",
+                "train.max_consecutive_skips=2",
+                f"output_dir={run}",
+            ]
+        )
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "dreamnfsd: error: train: 2 steps in a row gave NaN/inf at step 2 with no checkpoint to roll back to" in err
@@ -196,6 +215,7 @@ class _FailingFile:
 def _patch_writer(monkeypatch, when, budget: int, error: BaseException):
     """Every ``open(path, "wb")`` in the checkpoint module for which ``when(path)`` holds fails after ``budget``
     bytes."""
+
     def fake_open(path, mode="r", *args, **kwargs):
         f = open(path, mode, *args, **kwargs)  # noqa: SIM115 (handed to the caller's with-block)
         return _FailingFile(f, budget, error) if "w" in mode and when(Path(path)) else f
@@ -226,12 +246,23 @@ def test_disk_full_mid_run_through_the_command(tiny_pixel_prior, tmp_path, capsy
     _patch_writer(monkeypatch, lambda p: "step_000004" in p.name, budget=4096, error=_enospc())
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
-        main([f"prompt={PROMPT}", *tiny_run_overrides(tiny_pixel_prior, tmp_path), *FAST, "train.steps=6",
-              "train.ckpt_every=2", f"output_dir={run}"])
+        main(
+            [
+                f"prompt={PROMPT}",
+                *tiny_run_overrides(tiny_pixel_prior, tmp_path),
+                *FAST,
+                "train.steps=6",
+                "train.ckpt_every=2",
+                f"output_dir={run}",
+            ]
+        )
     assert exit_info.value.code == 1
     err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dreamnfsd")]
-    assert err_lines[-1].startswith("dreamnfsd: error: output: could not write ") and "the disk is full" in \
-        err_lines[-1] and "earlier checkpoints are intact" in err_lines[-1]
+    assert (
+        err_lines[-1].startswith("dreamnfsd: error: output: could not write ")
+        and "the disk is full" in err_lines[-1]
+        and "earlier checkpoints are intact" in err_lines[-1]
+    )
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_000002.pt"]
     assert load_checkpoint(run / "checkpoints" / "step_000002.pt")["step"] == 2
     status = json.loads((run / "run.json").read_text())
@@ -310,8 +341,13 @@ sys.exit(exit_code(stop.requested))
 @pytest.mark.parametrize("times", [1, 2])
 def test_stop_request_first_signal_stops_cleanly_second_exits_at_once(name, times):
     save_seconds = 0.2 if times == 1 else 60
-    proc = subprocess.Popen([sys.executable, "-c", _STOP_SCRIPT, str(save_seconds)], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STOP_SCRIPT, str(save_seconds)],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(getattr(signal, name))
     assert proc.stdout.readline().strip() == "saving"
@@ -333,8 +369,13 @@ class _Watched:
 
     def __init__(self, args: list[str]):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": ""}
-        self.proc = subprocess.Popen([sys.executable, "-m", "dreamnfsd.cli", *args], cwd=REPO, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dreamnfsd.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.err = b""
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -358,8 +399,17 @@ class _Watched:
 
 def _signal_args(tiny_pixel_prior: Path, out: Path, run: Path) -> list[str]:
     # Slow steps (32 px, 4 views) so a second signal surely lands before the first one's step and save are done.
-    return [f"prompt={PROMPT}", *tiny_run_overrides(tiny_pixel_prior, out), *FAST, "train.steps=100000",
-            "train.ckpt_every=0", "train.batch_size=4", "camera.height=32", "camera.width=32", f"output_dir={run}"]
+    return [
+        f"prompt={PROMPT}",
+        *tiny_run_overrides(tiny_pixel_prior, out),
+        *FAST,
+        "train.steps=100000",
+        "train.ckpt_every=0",
+        "train.batch_size=4",
+        "camera.height=32",
+        "camera.width=32",
+        f"output_dir={run}",
+    ]
 
 
 @pytest.mark.slow
@@ -407,8 +457,10 @@ def test_export_writes_are_atomic(tmp_path, monkeypatch):
     from dreamnfsd.export.mesh import write_meshes
     from dreamnfsd.export.video import write_image, write_video
 
-    video, image = write_video(torch.zeros(4, 16, 16, 3), tmp_path / "t.mp4", 8), write_image(
-        torch.zeros(8, 8, 3), tmp_path / "v.png")
+    video, image = (
+        write_video(torch.zeros(4, 16, 16, 3), tmp_path / "t.mp4", 8),
+        write_image(torch.zeros(8, 8, 3), tmp_path / "v.png"),
+    )
     meshes = write_meshes(trimesh.creation.box(), tmp_path)
     before = {p: p.read_bytes() for p in [video, image, *meshes]}
 
@@ -419,8 +471,11 @@ def test_export_writes_are_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(imageio, "mimwrite", dies)
     monkeypatch.setattr(imageio, "imwrite", dies)
     monkeypatch.setattr(trimesh.Trimesh, "export", lambda self, path, **kw: dies(path))
-    writes = (lambda: write_video(torch.ones(4, 16, 16, 3), video, 8), lambda: write_image(torch.ones(8, 8, 3), image),
-              lambda: write_meshes(trimesh.creation.icosphere(), tmp_path))
+    writes = (
+        lambda: write_video(torch.ones(4, 16, 16, 3), video, 8),
+        lambda: write_image(torch.ones(8, 8, 3), image),
+        lambda: write_meshes(trimesh.creation.icosphere(), tmp_path),
+    )
     for write in writes:
         with pytest.raises(OutputWriteError, match="the disk is full.*re-export with dreamnfsd-export"):
             write()

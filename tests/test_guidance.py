@@ -68,8 +68,16 @@ class StubPrior(Prior):
         return rgb * 2 - 1
 
     def predict_noise(self, x_t, t, text_embeddings, camera=None):
-        self.calls.append(dict(x_t=x_t.clone(), t=t.clone(), emb=text_embeddings.clone(), camera=camera,
-                               grad_enabled=torch.is_grad_enabled(), x_requires_grad=x_t.requires_grad))
+        self.calls.append(
+            dict(
+                x_t=x_t.clone(),
+                t=t.clone(),
+                emb=text_embeddings.clone(),
+                camera=camera,
+                grad_enabled=torch.is_grad_enabled(),
+                x_requires_grad=x_t.requires_grad,
+            )
+        )
         out = stub_eps(x_t, t, text_embeddings[:, 0, 0].long(), self.gain, self.bias)
         if self.poison is not None:
             out = out.clone()
@@ -218,8 +226,9 @@ def test_weighting_variants(weighting, fn, kind):
     prior = StubPrior()
     cfg = GuidanceConfig(kind=kind, weighting=weighting, t_range=(0.1, 0.9))
     z, out = run_step(prior, cfg, b=5)
-    torch.testing.assert_close(timestep_weights(prior.alphas_cumprod[out.t], weighting),
-                               fn(prior.alphas_cumprod[out.t]))
+    torch.testing.assert_close(
+        timestep_weights(prior.alphas_cumprod[out.t], weighting), fn(prior.alphas_cumprod[out.t])
+    )
     torch.testing.assert_close(out.grad, expected_grad(prior, cfg, z, out.t), rtol=1e-4, atol=1e-4)
 
 
@@ -285,10 +294,21 @@ def test_t_anneal(schedule, mid):
 @pytest.mark.parametrize(
     "az, el, suffix",
     [
-        (0, 0, ", front view"), (30, 10, ", front view"), (-44, 0, ", front view"), (350, 0, ", front view"),
-        (720 + 10, 0, ", front view"), (90, 0, ", side view"), (-90, 30, ", side view"), (134, 0, ", side view"),
-        (180, 0, ", back view"), (-170, 0, ", back view"), (200, 0, ", back view"), (-240, 0, ", side view"),
-        (0, 70, ", overhead view"), (180, 61, ", overhead view"), (180, 59, ", back view"),
+        (0, 0, ", front view"),
+        (30, 10, ", front view"),
+        (-44, 0, ", front view"),
+        (350, 0, ", front view"),
+        (720 + 10, 0, ", front view"),
+        (90, 0, ", side view"),
+        (-90, 30, ", side view"),
+        (134, 0, ", side view"),
+        (180, 0, ", back view"),
+        (-170, 0, ", back view"),
+        (200, 0, ", back view"),
+        (-240, 0, ", side view"),
+        (0, 70, ", overhead view"),
+        (180, 61, ", overhead view"),
+        (180, 59, ", back view"),
     ],
 )
 def test_view_suffix_for_angles(az, el, suffix):

@@ -54,6 +54,18 @@ def test_a_perfect_cube_scores_one():
         pred = (t1 > t0).view(8, 32, 32)
         iou, rotation = best_rotation_iou(pred, "cube", AZ, el)
         assert iou > 0.99 and rotation == 0.0
-        old = render_primitives(["cube"] * 8, ["red"] * 8, AZ, el, 32, supersample=2, light_jitter=0.0,
-                                scale=torch.tensor(1.0), generator=torch.Generator())["mask"][:, 0] > 0.5
+        old = (
+            render_primitives(
+                ["cube"] * 8,
+                ["red"] * 8,
+                AZ,
+                el,
+                32,
+                supersample=2,
+                light_jitter=0.0,
+                scale=torch.tensor(1.0),
+                generator=torch.Generator(),
+            )["mask"][:, 0]
+            > 0.5
+        )
         assert float(mask_iou(pred, old).mean()) < eroded

@@ -13,8 +13,9 @@ def test_every_shape_and_colour_renders_centred():
     n = len(SHAPES) * len(COLORS)
     shapes = [s for s in SHAPES for _ in COLORS]
     colors = list(COLORS) * len(SHAPES)
-    out = render_primitives(shapes, colors, torch.rand(n) * 6.28, deg(*([20.0] * n)),
-                            generator=torch.Generator().manual_seed(0))
+    out = render_primitives(
+        shapes, colors, torch.rand(n) * 6.28, deg(*([20.0] * n)), generator=torch.Generator().manual_seed(0)
+    )
     rgb, mask = out["rgb"], out["mask"]
     assert rgb.shape == (n, 3, 32, 32) and mask.shape == (n, 1, 32, 32)
     assert rgb.min() >= 0 and rgb.max() <= 1

@@ -170,8 +170,9 @@ def test_camera_aware_pixel_prior_uses_the_camera(pixel_folders):
     assert not torch.allclose(front, back) and not torch.allclose(front, none)
     # End to end: NFSD with cameras through the camera-aware prior.
     image = torch.rand(3, 3, 16, 16, requires_grad=True)
-    out = Guidance(prior, GuidanceConfig(kind="nfsd"), "a red cube")(image, cams([0.0, 120.0, 240.0]),
-                                                                     torch.Generator().manual_seed(1))
+    out = Guidance(prior, GuidanceConfig(kind="nfsd"), "a red cube")(
+        image, cams([0.0, 120.0, 240.0]), torch.Generator().manual_seed(1)
+    )
     out.loss.backward()
     assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
 

@@ -404,8 +404,17 @@ def test_background_jitter_recolours_each_training_views_background(tiny_pixel_p
     from dreamnfsd.train.trainer import Trainer
     from tests.conftest import tiny_run_overrides
 
-    cfg = to_run_config(compose(["prompt=a red cube", *tiny_run_overrides(tiny_pixel_prior, tmp_path),
-                                 "train.batch_size=4", f"train.background_jitter={jitter}"], config_dir()))
+    cfg = to_run_config(
+        compose(
+            [
+                "prompt=a red cube",
+                *tiny_run_overrides(tiny_pixel_prior, tmp_path),
+                "train.batch_size=4",
+                f"train.background_jitter={jitter}",
+            ],
+            config_dir(),
+        )
+    )
     trainer = Trainer(cfg, tmp_path / "run", torch.device("cpu"), load_prior(cfg.prior))
     seen = []
     render = trainer.scene.renderer.render

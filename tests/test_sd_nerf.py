@@ -15,9 +15,18 @@ from dreamnfsd.train.trainer import Trainer
 @pytest.mark.parametrize("method", ["sds", "nfsd"])
 def test_tiny_sd_folder_trains_a_nerf(tmp_path, tiny_sd_prior, method):
     overrides = [
-        "prompt=a red cube", f"guidance={method}", "prior=stable_diffusion", f"prior.model={tiny_sd_prior}",
-        "camera.height=16", "camera.width=16", "field.encoding.n_levels=4", "field.encoding.log2_hashmap_size=12",
-        "field.hidden_dim=32", "grid.resolution=32", "train.shading_warmup_steps=1", "train.steps=4",
+        "prompt=a red cube",
+        f"guidance={method}",
+        "prior=stable_diffusion",
+        f"prior.model={tiny_sd_prior}",
+        "camera.height=16",
+        "camera.width=16",
+        "field.encoding.n_levels=4",
+        "field.encoding.log2_hashmap_size=12",
+        "field.hidden_dim=32",
+        "grid.resolution=32",
+        "train.shading_warmup_steps=1",
+        "train.steps=4",
         # Every t above the NFSD threshold, so the negative prompt's row is exercised too.
         "guidance.t_range=[0.5,0.98]",
     ]

@@ -16,8 +16,15 @@ from dreamnfsd.train.preflight import sweep_jobs
 from tests.conftest import run_cli, tiny_run_overrides
 
 # Three albedo-only steps, one checkpoint, a small mesh, no video.
-SMALL = ["train.steps=3", "train.ckpt_every=3", "train.val_every=0", "train.shading_warmup_steps=1000",
-         "train.lambda_orientation=0", "export.video=false", "export.mesh_resolution=24"]
+SMALL = [
+    "train.steps=3",
+    "train.ckpt_every=3",
+    "train.val_every=0",
+    "train.shading_warmup_steps=1000",
+    "train.lambda_orientation=0",
+    "export.video=false",
+    "export.mesh_resolution=24",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +52,29 @@ def _check_completed(row: dict) -> None:
 
 @pytest.mark.slow
 def test_joblib_sweep_runs_every_job_and_a_failing_one_does_not_stop_the_others(vocab_prior, tmp_path):
-    proc = run_cli(["--multirun", "prompt=a red cube,a green sphere", "seed=0,1", "guidance=sds",
-                    *tiny_run_overrides(vocab_prior, tmp_path), *SMALL, "hydra/launcher=joblib",
-                    "hydra.launcher.n_jobs=2"], timeout=300)
+    proc = run_cli(
+        [
+            "--multirun",
+            "prompt=a red cube,a green sphere",
+            "seed=0,1",
+            "guidance=sds",
+            *tiny_run_overrides(vocab_prior, tmp_path),
+            *SMALL,
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+        ],
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]  # one job or more did not complete
     assert "sweep job [prompt=a\\ green\\ sphere seed=0] will fail: prompt: unknown word(s) 'green'" in proc.stderr
     sweep = _only_sweep(tmp_path)
     rows = json.loads((sweep / "summary.json").read_text())
     assert [(r["prompt"], r["seed"], r["guidance"]) for r in rows] == [
-        ("a red cube", 0, "sds"), ("a red cube", 1, "sds"), ("a green sphere", 0, "sds"), ("a green sphere", 1, "sds")]
+        ("a red cube", 0, "sds"),
+        ("a red cube", 1, "sds"),
+        ("a green sphere", 0, "sds"),
+        ("a green sphere", 1, "sds"),
+    ]
     for row in rows[:2]:
         _check_completed(row)
     assert len({r["run_dir"] for r in rows}) == 4  # each job its own folder
@@ -67,9 +88,18 @@ def test_joblib_sweep_runs_every_job_and_a_failing_one_does_not_stop_the_others(
 
 @pytest.mark.slow
 def test_submitit_local_sweep(tiny_pixel_prior, tmp_path):
-    proc = run_cli(["--multirun", "prompt=a blue sphere", "train.lr_mlp=0.001,-1",
-                    *tiny_run_overrides(tiny_pixel_prior, tmp_path), *SMALL, "hydra/launcher=submitit_local",
-                    "hydra.launcher.timeout_min=10"], timeout=300)
+    proc = run_cli(
+        [
+            "--multirun",
+            "prompt=a blue sphere",
+            "train.lr_mlp=0.001,-1",
+            *tiny_run_overrides(tiny_pixel_prior, tmp_path),
+            *SMALL,
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=10",
+        ],
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     sweep = _only_sweep(tmp_path)
     assert (sweep / ".submitit").is_dir()  # the jobs really went through submitit
@@ -85,8 +115,7 @@ def test_a_sweep_with_an_unknown_key_or_no_runnable_job_is_refused_up_front(tiny
     assert main(["--multirun", *base, "prompt=a red cube", "seed=0,1", "train.foo=1"]) == 2
     assert "dreamnfsd: error: sweep job [seed=0]: config: Could not override 'train.foo'" in capsys.readouterr().err
     assert main(["--multirun", *base, "prompt=a red cube", "camera.height=32,abc"]) == 2
-    assert "sweep job [camera.height=abc]: config: Error merging override camera.height=abc" in \
-        capsys.readouterr().err
+    assert "sweep job [camera.height=abc]: config: Error merging override camera.height=abc" in capsys.readouterr().err
     assert main(["--multirun", *base, "prompt=a red cube", "train.lr_mlp=-1,0"]) == 2
     assert "every job of the sweep would fail; the first: train.lr_mlp" in capsys.readouterr().err
     assert not (tmp_path / "sweeps").exists()
@@ -101,7 +130,8 @@ def _values(job: list[str]) -> tuple:
 def test_the_briefs_sweep_expands_to_eight_jobs():
     jobs = sweep_jobs(['prompt="a red cube","a blue sphere"', "seed=0,1", "guidance=sds,nfsd"])
     assert sorted(_values(j) for j in jobs) == sorted(
-        (p, s, g) for p in ("a red cube", "a blue sphere") for s in (0, 1) for g in ("sds", "nfsd"))
+        (p, s, g) for p in ("a red cube", "a blue sphere") for s in (0, 1) for g in ("sds", "nfsd")
+    )
 
 
 def test_slurm_launcher_config_composes():
@@ -114,8 +144,9 @@ def test_slurm_launcher_config_composes():
     register_configs()
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["prompt=a red cube", "hydra/launcher=slurm_gpu"],
-                      return_hydra_config=True)
+        cfg = compose(
+            config_name="config", overrides=["prompt=a red cube", "hydra/launcher=slurm_gpu"], return_hydra_config=True
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1 and launcher.timeout_min > 0
@@ -127,7 +158,12 @@ def test_readme_prompt_file_command_expands_to_one_job_per_line(tmp_path):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert '"prompt=$(paste -sd, prompts.txt)"' in readme
     (tmp_path / "prompts.txt").write_text('a red cube\n"a cube, red"\n"a cat\'s toy"\na blue sphere\n')
-    arg = subprocess.run(["bash", "-c", 'printf %s "prompt=$(paste -sd, prompts.txt)"'], cwd=tmp_path,
-                         capture_output=True, text=True, check=True).stdout
+    arg = subprocess.run(
+        ["bash", "-c", 'printf %s "prompt=$(paste -sd, prompts.txt)"'],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     prompts = [_values(job)[0] for job in sweep_jobs([arg, "seed=0"])]
     assert prompts == ["a red cube", "a cube, red", "a cat's toy", "a blue sphere"]

@@ -21,8 +21,20 @@ def _script():
 
 def test_train_export_resume_and_add_the_pose_embedding(tmp_path):
     script = _script()
-    common = ["--n-data", "32", "--batch", "4", "--threads", "1", "--work-dir", str(tmp_path), "--export-every", "0",
-              "--out", str(tmp_path / "prior")]
+    common = [
+        "--n-data",
+        "32",
+        "--batch",
+        "4",
+        "--threads",
+        "1",
+        "--work-dir",
+        str(tmp_path),
+        "--export-every",
+        "0",
+        "--out",
+        str(tmp_path / "prior"),
+    ]
     with torch.random.fork_rng():
         script.main([*common, "--steps", "2", "--pose-harmonics", "0"])
         assert pose_harmonics(PixelPrior.from_pretrained(str(tmp_path / "prior")).unet) == 0
@@ -48,8 +60,23 @@ def test_init_from_an_export_continues_its_steps_and_records_the_size_change(tmp
     first, second = tmp_path / "first", tmp_path / "second"
     with torch.random.fork_rng():
         script.main([*common, "--steps", "2", "--work-dir", str(first), "--out", str(first / "prior")])
-        script.main([*common, "--steps", "4", "--work-dir", str(second), "--out", str(second / "prior"),
-                     "--init-from", str(first / "prior"), "--scale-jitter", "0", "--ema", "0.99"])
+        script.main(
+            [
+                *common,
+                "--steps",
+                "4",
+                "--work-dir",
+                str(second),
+                "--out",
+                str(second / "prior"),
+                "--init-from",
+                str(first / "prior"),
+                "--scale-jitter",
+                "0",
+                "--ema",
+                "0.99",
+            ]
+        )
     assert (second / "prior_data_seed0_n32_jitter0.pt").exists()  # the jittered cache is not reused
     ck = torch.load(second / "prior_ckpt_seed0.pt", weights_only=False)
     assert ck["step"] == 4 and ck["init_steps"] == [2] and ck["scale_jitter_from_step"] == 2
@@ -57,9 +84,11 @@ def test_init_from_an_export_continues_its_steps_and_records_the_size_change(tmp
     assert meta["train_steps"] == 4 and meta["scale_jitter"] == 0 and meta["ema_history"] == [[0, 0.999], [2, 0.99]]
     card = (second / "prior" / "README.md").read_text()
     assert "--seed 0 --steps 2 " in card and "--ema 0.999 --out work_data/prior_step2" in card
-    assert ("--seed 0 --init-from work_data/prior_step2 --work-dir work_data/from_step2 --steps 4 "
-            "--min-snr-gamma 5.0 --cube-weight 2.0 --pose-harmonics 4 --x0-weight-cap 10.0 --scale-jitter 0.0 "
-            "--ema 0.99") in card
+    assert (
+        "--seed 0 --init-from work_data/prior_step2 --work-dir work_data/from_step2 --steps 4 "
+        "--min-snr-gamma 5.0 --cube-weight 2.0 --pose-harmonics 4 --x0-weight-cap 10.0 --scale-jitter 0.0 "
+        "--ema 0.99"
+    ) in card
     # The export loads and its weights moved from the initial ones.
     a = PixelPrior.from_pretrained(str(first / "prior")).unet.conv_in.weight
     b = PixelPrior.from_pretrained(str(second / "prior")).unet.conv_in.weight
@@ -73,8 +102,19 @@ def test_a_second_restart_keeps_the_first_in_the_reproduce_chain(tmp_path):
     with torch.random.fork_rng():
         script.main([*common, "--steps", "2", "--work-dir", str(dirs[0]), "--out", str(dirs[0] / "prior")])
         for prev, cur, steps in ((dirs[0], dirs[1], 3), (dirs[1], dirs[2], 4)):
-            script.main([*common, "--steps", str(steps), "--work-dir", str(cur), "--out", str(cur / "prior"),
-                         "--init-from", str(prev / "prior")])
+            script.main(
+                [
+                    *common,
+                    "--steps",
+                    str(steps),
+                    "--work-dir",
+                    str(cur),
+                    "--out",
+                    str(cur / "prior"),
+                    "--init-from",
+                    str(prev / "prior"),
+                ]
+            )
     meta = json.loads((dirs[2] / "prior" / "dreamnfsd_prior.json").read_text())
     assert meta["train_steps"] == 4 and meta["init_steps"] == [2, 3]
     card = (dirs[2] / "prior" / "README.md").read_text()

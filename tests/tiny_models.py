@@ -14,9 +14,36 @@ import torch
 
 # Words the tiny tokenizer knows as whole tokens; anything else is spelled out in characters.
 TINY_WORDS = (
-    "a", "an", "red", "green", "blue", "cube", "sphere", "cone", "torus", "cylinder", "hamburger", "of", "the",
-    "front", "side", "back", "overhead", "view", "unrealistic", "blurry", "low", "quality", "out", "focus", "ugly",
-    "contrast", "dull", "dark", "resolution", "gloomy",
+    "a",
+    "an",
+    "red",
+    "green",
+    "blue",
+    "cube",
+    "sphere",
+    "cone",
+    "torus",
+    "cylinder",
+    "hamburger",
+    "of",
+    "the",
+    "front",
+    "side",
+    "back",
+    "overhead",
+    "view",
+    "unrealistic",
+    "blurry",
+    "low",
+    "quality",
+    "out",
+    "focus",
+    "ugly",
+    "contrast",
+    "dull",
+    "dark",
+    "resolution",
+    "gloomy",
 )
 TEXT_DIM = 32
 MAX_LENGTH = 77
@@ -44,8 +71,13 @@ def tiny_clip_tokenizer(words: tuple[str, ...] = TINY_WORDS):
             current += piece
             vocab.setdefault(current, len(vocab))
     return CLIPTokenizer(
-        vocab=vocab, merges=merges, model_max_length=MAX_LENGTH, bos_token="<|startoftext|>",
-        eos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|endoftext|>",
+        vocab=vocab,
+        merges=merges,
+        model_max_length=MAX_LENGTH,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
     )
 
 
@@ -55,9 +87,16 @@ def _save_text_side(folder: Path) -> None:
     tokenizer = tiny_clip_tokenizer()
     tokenizer.save_pretrained(folder / "tokenizer")
     config = CLIPTextConfig(
-        hidden_size=TEXT_DIM, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        vocab_size=len(tokenizer), max_position_embeddings=MAX_LENGTH, projection_dim=TEXT_DIM,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        hidden_size=TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=MAX_LENGTH,
+        projection_dim=TEXT_DIM,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     CLIPTextModel(config).save_pretrained(folder / "text_encoder")
 
@@ -68,9 +107,15 @@ def _tiny_unet(in_channels: int, out_channels: int, sample_size: int, pose_harmo
     pose = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": 2 * pose_harmonics + 2}
     return UNet2DConditionModel(
         **(pose if pose_harmonics else {}),
-        sample_size=sample_size, in_channels=in_channels, out_channels=out_channels, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM, attention_head_dim=8,
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=8,
         norm_num_groups=32,
     )
 
@@ -96,9 +141,15 @@ def build_tiny_sd_pipeline(folder: str | Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         _tiny_unet(4, 4, sample_size=16).save_pretrained(folder / "unet")
         AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
             down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=32, sample_size=32,
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            norm_num_groups=32,
+            sample_size=32,
         ).save_pretrained(folder / "vae")
         _save_text_side(folder)
     _save_scheduler(folder, "ddim")
@@ -122,8 +173,11 @@ def build_tiny_pixel_prior(
         _save_text_side(folder)
     _save_scheduler(folder, "ddpm")
     spec = {
-        "kind": "pixel", "resolution": resolution, "value_range": [-1, 1],
-        "camera_conditioning": "ray_directions" if camera else None, "vocabulary": vocabulary,
+        "kind": "pixel",
+        "resolution": resolution,
+        "value_range": [-1, 1],
+        "camera_conditioning": "ray_directions" if camera else None,
+        "vocabulary": vocabulary,
     }
     (folder / "dreamnfsd_prior.json").write_text(json.dumps(spec, indent=1))
     return folder

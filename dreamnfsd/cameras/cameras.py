@@ -35,8 +35,9 @@ def look_at(eye: Tensor, target: Tensor | None = None, up: Tensor | None = None)
     return c2w
 
 
-def generate_rays(c2w: Tensor, fov: Tensor, height: int, width: int, offsets: Tensor | None = None
-                  ) -> tuple[Tensor, Tensor]:
+def generate_rays(
+    c2w: Tensor, fov: Tensor, height: int, width: int, offsets: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Pinhole rays through pixel centres, or through the centres moved by ``offsets``.
 
     Args:
@@ -87,8 +88,13 @@ class CameraBatch:
 
     def to(self, device: torch.device | str) -> CameraBatch:
         return CameraBatch(
-            self.c2w.to(device), self.fov.to(device), self.azimuth.to(device), self.elevation.to(device),
-            self.distance.to(device), self.height, self.width,
+            self.c2w.to(device),
+            self.fov.to(device),
+            self.azimuth.to(device),
+            self.elevation.to(device),
+            self.distance.to(device),
+            self.height,
+            self.width,
         )
 
     @staticmethod

@@ -99,8 +99,12 @@ def make_cameras(azimuth: Tensor, elevation: Tensor, resolution: int) -> CameraB
     """Default trainer cameras (distance 3, fov 40°) at angles (B,) in radians."""
     b = azimuth.shape[0]
     return CameraBatch.from_angles(
-        azimuth.float(), elevation.float(), torch.full((b,), DISTANCE), torch.full((b,), math.radians(FOV_DEG)),
-        resolution, resolution,
+        azimuth.float(),
+        elevation.float(),
+        torch.full((b,), DISTANCE),
+        torch.full((b,), math.radians(FOV_DEG)),
+        resolution,
+        resolution,
     )
 
 
@@ -229,7 +233,7 @@ def degrade(rgb: Tensor, kinds: list[list[str]], generator: torch.Generator | No
 
 
 def caption(shape: str, color: str, degradations: list[str], with_object: bool, generator: torch.Generator) -> str:
-    """"a red cube" for clean images; degraded ones list one NFSD negative phrase per degradation."""
+    """ "a red cube" for clean images; degraded ones list one NFSD negative phrase per degradation."""
     obj = f"a {color} {shape}"
     if not degradations:
         return obj

@@ -35,8 +35,13 @@ class PrimitiveClassifier(nn.Module):
         c_in = 3
         for w in cfg.widths:
             layers += [
-                nn.Conv2d(c_in, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                nn.Conv2d(c_in, w, 3, padding=1),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, padding=1),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
             ]
             c_in = w
         self.features = nn.Sequential(*layers)

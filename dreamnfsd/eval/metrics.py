@@ -33,10 +33,17 @@ TRUTH_SUPERSAMPLE = 1
 @functools.lru_cache(maxsize=8192)
 def _true_masks(shape: str, azimuth: tuple, elevation: tuple, resolution: int, scale: float) -> Tensor:
     n = len(azimuth)
-    out = render_primitives([shape] * n, ["red"] * n, torch.tensor(azimuth), torch.tensor(elevation),
-                            resolution=resolution, supersample=TRUTH_SUPERSAMPLE, light_jitter=0.0,
-                            scale=torch.tensor(scale),
-                            generator=torch.Generator())  # a cache hit or miss must not move the global RNG
+    out = render_primitives(
+        [shape] * n,
+        ["red"] * n,
+        torch.tensor(azimuth),
+        torch.tensor(elevation),
+        resolution=resolution,
+        supersample=TRUTH_SUPERSAMPLE,
+        light_jitter=0.0,
+        scale=torch.tensor(scale),
+        generator=torch.Generator(),
+    )  # a cache hit or miss must not move the global RNG
     return out["mask"][:, 0] > 0.5
 
 
@@ -45,8 +52,9 @@ def _true_masks(shape: str, azimuth: tuple, elevation: tuple, resolution: int, s
 ROTATION_STEP_DEG = 1.0
 
 
-def best_rotation_iou(pred: Tensor, shape: str, azimuth: Tensor, elevation: Tensor,
-                      step_deg: float = ROTATION_STEP_DEG) -> tuple[float, float]:
+def best_rotation_iou(
+    pred: Tensor, shape: str, azimuth: Tensor, elevation: Tensor, step_deg: float = ROTATION_STEP_DEG
+) -> tuple[float, float]:
     """Mean IoU of predicted silhouettes pred (V, H, W) against the true primitive, maximised over one rotation of
     the object about the vertical axis (a generated object may be turned; that is not an error), searched on a
     ``step_deg`` grid.
@@ -59,8 +67,9 @@ def best_rotation_iou(pred: Tensor, shape: str, azimuth: Tensor, elevation: Tens
     return best
 
 
-def best_scale_iou(pred: Tensor, shape: str, azimuth: Tensor, elevation: Tensor, rotation_deg: float,
-                   scales: Tensor) -> tuple[float, float]:
+def best_scale_iou(
+    pred: Tensor, shape: str, azimuth: Tensor, elevation: Tensor, rotation_deg: float, scales: Tensor
+) -> tuple[float, float]:
     """Diagnostic beside :func:`best_rotation_iou`: the same IoU at a fixed rotation, maximised over the object's
     size too. Says how much of a silhouette gap is size alone (at 32 px a primitive 5% too large already scores
     about 0.9 against itself), which the prior's training scale jitter leaves free.

@@ -116,8 +116,13 @@ def select_cameras(camera: CameraBatch | None, index: Tensor) -> CameraBatch | N
         return None
     index = index.to(camera.c2w.device)
     return CameraBatch(
-        camera.c2w[index], camera.fov[index], camera.azimuth[index], camera.elevation[index],
-        camera.distance[index], camera.height, camera.width,
+        camera.c2w[index],
+        camera.fov[index],
+        camera.azimuth[index],
+        camera.elevation[index],
+        camera.distance[index],
+        camera.height,
+        camera.width,
     )
 
 
@@ -195,9 +200,9 @@ def guidance_step(
 class Guidance:
     """SDS or NFSD for one prompt. Typical training step::
 
-        guidance = Guidance(prior, GuidanceConfig(kind="nfsd"), "a red cube")
-        out = guidance(rgb, camera, generator, progress=step / max_steps)  # rgb (B, 3, H, W) in [0, 1]
-        (out.loss + regularisers).backward()
+    guidance = Guidance(prior, GuidanceConfig(kind="nfsd"), "a red cube")
+    out = guidance(rgb, camera, generator, progress=step / max_steps)  # rgb (B, 3, H, W) in [0, 1]
+    (out.loss + regularisers).backward()
     """
 
     def __init__(self, prior: Prior, cfg: GuidanceConfig, prompt: str) -> None:

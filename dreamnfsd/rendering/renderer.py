@@ -108,8 +108,11 @@ class VolumeRenderer(nn.Module):
         for s in range(0, o.shape[0], self.cfg.chunk_rays):
             e = s + self.cfg.chunk_rays
             ls = lights[s:e] if lights is not None else None
-            parts.append(self._render_rays(o[s:e], d[s:e], shading, ls, ambient, with_normals, backend, generator,
-                                           need_distortion))
+            parts.append(
+                self._render_rays(
+                    o[s:e], d[s:e], shading, ls, ambient, with_normals, backend, generator, need_distortion
+                )
+            )
         scalars = ("orient", "distortion", "n", "n_normal")
         out = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in scalars}
         n_rays = o.shape[0]

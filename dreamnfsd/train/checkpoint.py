@@ -62,13 +62,21 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # torch raises several types for truncated or foreign files
         m = _NAME.match(Path(path).name)
-        earlier = [p for p in list_checkpoints(run_dir_of(path))
-                   if m is None or int(_NAME.match(p.name).group(1)) < int(m.group(1))]
-        fix = (f"resume from the one before with resume={earlier[-1]}" if earlier
-               else "start a new run (no earlier checkpoint is left)")
+        earlier = [
+            p
+            for p in list_checkpoints(run_dir_of(path))
+            if m is None or int(_NAME.match(p.name).group(1)) < int(m.group(1))
+        ]
+        fix = (
+            f"resume from the one before with resume={earlier[-1]}"
+            if earlier
+            else "start a new run (no earlier checkpoint is left)"
+        )
         raise UserError(f"resume: {path} is corrupt or truncated ({type(e).__name__}); {fix}") from e
     missing = [k for k in REQUIRED_KEYS if k not in state] if isinstance(state, dict) else ["everything"]
     if missing:
-        raise UserError(f"resume: {path} is not a dreamnfsd checkpoint (no {', '.join(missing)}); pass a file from "
-                        "a run's checkpoints/ folder")
+        raise UserError(
+            f"resume: {path} is not a dreamnfsd checkpoint (no {', '.join(missing)}); pass a file from "
+            "a run's checkpoints/ folder"
+        )
     return state

@@ -83,8 +83,17 @@ def to_run_config(dcfg):
 
 # --- resume -------------------------------------------------------------------------------------------------------
 # Sections whose values shape the saved tensors: a resume must build the same scene as the checkpoint.
-_SHAPE_KEYS = ("field.encoding", "field.hidden_dim", "field.n_hidden_layers", "field.bound", "grid.resolution",
-               "background.kind", "background.n_frequencies", "background.hidden_dim", "background.n_hidden_layers")
+_SHAPE_KEYS = (
+    "field.encoding",
+    "field.hidden_dim",
+    "field.n_hidden_layers",
+    "field.bound",
+    "grid.resolution",
+    "background.kind",
+    "background.n_frequencies",
+    "background.hidden_dim",
+    "background.n_hidden_layers",
+)
 _GROUPS = ("prior", "guidance", "field", "grid", "renderer", "background", "camera", "train", "export")
 
 

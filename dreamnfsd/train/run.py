@@ -53,7 +53,11 @@ def export_outputs(scene, cfg, out_dir: Path) -> dict:
         field = scene.field
         try:
             mesh = extract_mesh(
-                field.density, lambda x: field(x)["albedo"], ec.mesh_resolution, cfg.field.bound, ec.threshold,
+                field.density,
+                lambda x: field(x)["albedo"],
+                ec.mesh_resolution,
+                cfg.field.bound,
+                ec.threshold,
                 ec.min_component_fraction,
             )
             for path in write_meshes(mesh, out_dir):
@@ -65,14 +69,20 @@ def export_outputs(scene, cfg, out_dir: Path) -> dict:
     if ec.video:
         device = next(scene.field.parameters()).device
         cams = turntable_cameras(
-            ec.video_frames, ec.video_elevation, float(sum(cfg.camera.distance_range) / 2),
-            float(sum(cfg.camera.fov_range) / 2), ec.video_resolution, ec.video_resolution, device,
+            ec.video_frames,
+            ec.video_elevation,
+            float(sum(cfg.camera.distance_range) / 2),
+            float(sum(cfg.camera.fov_range) / 2),
+            ec.video_resolution,
+            ec.video_resolution,
+            device,
         )
         views = render_views(scene, cams, shading="albedo")
         outputs["turntable"] = str(write_video(views["rgb"], out_dir / "turntable.mp4", ec.video_fps))
         panels = side_by_side(views["rgb"], normals_to_rgb(views["normal"], views["opacity"]), views["opacity"])
-        outputs["turntable_panels"] = str(write_video(panels, out_dir / "turntable_rgb_normal_opacity.mp4",
-                                                      ec.video_fps))
+        outputs["turntable_panels"] = str(
+            write_video(panels, out_dir / "turntable_rgb_normal_opacity.mp4", ec.video_fps)
+        )
     return outputs
 
 
@@ -83,8 +93,9 @@ def _finished_export_step(run_dir: Path) -> int | None:
         return None
     if "outputs_step" in status:
         return int(status["outputs_step"])
-    if status.get("status") == "completed" and ((run_dir / "mesh.obj").exists() or (run_dir / "turntable.mp4")
-                                                .exists()):
+    if status.get("status") == "completed" and (
+        (run_dir / "mesh.obj").exists() or (run_dir / "turntable.mp4").exists()
+    ):
         return int(status.get("step", 0))  # written before outputs_step existed
     return None
 
@@ -131,8 +142,10 @@ def train_run(cfg, run_dir: Path, resolved_yaml: str) -> RunStatus:
             try:
                 trainer.load_state_dict(load_checkpoint(ckpt, map_location=device))
             except (RuntimeError, KeyError, ValueError, TypeError) as e:
-                raise UserError(f"resume: {ckpt} does not fit this run's config ({_first_line(e)}); resume with "
-                                "the config it was trained with") from e
+                raise UserError(
+                    f"resume: {ckpt} does not fit this run's config ({_first_line(e)}); resume with "
+                    "the config it was trained with"
+                ) from e
             print(f"dreamnfsd: resuming {run_dir} at step {trainer.step}", file=sys.stderr)
     # Locked only now: a resume refused above has touched nothing in the run folder.
     with run_lock(run_dir):
@@ -144,8 +157,13 @@ def _train_and_export(cfg, run_dir: Path, trainer) -> RunStatus:
     from dreamnfsd.train.signals import Interrupted, StopRequest, exit_code
     from dreamnfsd.train.trainer import steps_per_second
 
-    summary = {"prompt": cfg.prompt, "guidance": cfg.guidance.kind, "seed": cfg.seed, "run_dir": str(run_dir),
-               "steps": cfg.train.steps}
+    summary = {
+        "prompt": cfg.prompt,
+        "guidance": cfg.guidance.kind,
+        "seed": cfg.seed,
+        "run_dir": str(run_dir),
+        "steps": cfg.train.steps,
+    }
     # The step whose finished export lies in run_dir itself (kept when training further); None: nothing finished
     # there yet (a new run, or one killed during its export, which is then simply redone).
     outputs_step = _finished_export_step(run_dir)
@@ -153,9 +171,14 @@ def _train_and_export(cfg, run_dir: Path, trainer) -> RunStatus:
         summary["outputs_step"] = outputs_step
 
     def record(status: str, **extra) -> None:
-        summary.update(step=trainer.step, wall_time_s=round(trainer.wall_time, 2),
-                       steps_per_s=round(steps_per_second(trainer), 3), nan_skips=trainer.total_skips,
-                       rollbacks=trainer.rollbacks, **extra)
+        summary.update(
+            step=trainer.step,
+            wall_time_s=round(trainer.wall_time, 2),
+            steps_per_s=round(steps_per_second(trainer), 3),
+            nan_skips=trainer.total_skips,
+            rollbacks=trainer.rollbacks,
+            **extra,
+        )
         write_json({**summary, "status": status}, run_dir / "run.json")
 
     write_json({**summary, "status": "running", "step": trainer.step}, run_dir / "run.json")
@@ -163,8 +186,11 @@ def _train_and_export(cfg, run_dir: Path, trainer) -> RunStatus:
         status = trainer.fit(stop)
     if status == "interrupted":
         record("interrupted", signal=stop.requested)
-        print(f"dreamnfsd: {stop.requested} — stopped at step {trainer.step}; checkpoint saved. Resume with:\n"
-              f"  dreamnfsd resume={run_dir}", file=sys.stderr)
+        print(
+            f"dreamnfsd: {stop.requested} — stopped at step {trainer.step}; checkpoint saved. Resume with:\n"
+            f"  dreamnfsd resume={run_dir}",
+            file=sys.stderr,
+        )
         return RunStatus("interrupted", exit_code(stop.requested))
     if not any(p.name == f"step_{trainer.step:06d}.pt" for p in list_checkpoints(run_dir)):
         trainer.save()  # the final state is always kept (re-export, training further), whatever ckpt_every says
@@ -180,8 +206,11 @@ def _train_and_export(cfg, run_dir: Path, trainer) -> RunStatus:
             outputs = export_outputs(trainer.scene, cfg, out_dir)
     except Interrupted as e:
         record("interrupted", signal=e.signal_name)
-        print(f"dreamnfsd: {e.signal_name} during export; training is finished and saved. Export again with:\n"
-              f"  dreamnfsd-export {run_dir}", file=sys.stderr)
+        print(
+            f"dreamnfsd: {e.signal_name} during export; training is finished and saved. Export again with:\n"
+            f"  dreamnfsd-export {run_dir}",
+            file=sys.stderr,
+        )
         return RunStatus("interrupted", exit_code(e.signal_name))
     if out_dir == run_dir:
         summary["outputs_step"] = trainer.step
@@ -196,8 +225,10 @@ def _train_and_export(cfg, run_dir: Path, trainer) -> RunStatus:
 def _os_error_message(e: OSError) -> str:
     reason = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror or str(e)
     where = f" {e.filename}" if e.filename else ""
-    return (f"output: could not write{where} ({reason}); free space or choose another output_root — "
-            "earlier checkpoints are intact")
+    return (
+        f"output: could not write{where} ({reason}); free space or choose another output_root — "
+        "earlier checkpoints are intact"
+    )
 
 
 def run_from_hydra(dcfg) -> RunStatus:
@@ -231,8 +262,10 @@ def run_from_hydra(dcfg) -> RunStatus:
     except UserError as e:
         message, code = str(e), 2
     except KeyboardInterrupt:  # Ctrl-C before training started (loading, building the scene): nothing to save
-        print(f"dreamnfsd: interrupted before training started; start it again with dreamnfsd resume={run_dir}",
-              file=sys.stderr)
+        print(
+            f"dreamnfsd: interrupted before training started; start it again with dreamnfsd resume={run_dir}",
+            file=sys.stderr,
+        )
         _record_failure(dcfg, run_dir, "interrupted before training started", status="interrupted")
         return RunStatus("interrupted", 130, in_sweep)
     except OSError as e:  # a write outside the checkpoint code (validation image, mesh, video)
@@ -255,8 +288,13 @@ def run_from_hydra(dcfg) -> RunStatus:
 def _record_failure(dcfg, run_dir: Path, message: str, status: str = "failed") -> None:
     if not run_dir.exists():
         return
-    row = {"prompt": str(dcfg.get("prompt", "")), "guidance": str(dcfg.guidance.kind), "seed": int(dcfg.seed),
-           "steps": int(dcfg.train.steps), "run_dir": str(run_dir)}
+    row = {
+        "prompt": str(dcfg.get("prompt", "")),
+        "guidance": str(dcfg.guidance.kind),
+        "seed": int(dcfg.seed),
+        "steps": int(dcfg.train.steps),
+        "run_dir": str(run_dir),
+    }
     status_file = run_dir / "run.json"
     try:
         if status_file.is_file():  # keep what the run had recorded (its step, timings)
@@ -282,8 +320,12 @@ def reexport(args) -> Path:
     ckpt = resolve_checkpoint(args.run)
     state = load_checkpoint(ckpt)
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), state["config"]))
-    for key, value in (("mesh_resolution", args.mesh_resolution), ("threshold", args.threshold),
-                       ("video_resolution", args.video_resolution), ("video_frames", args.video_frames)):
+    for key, value in (
+        ("mesh_resolution", args.mesh_resolution),
+        ("threshold", args.threshold),
+        ("video_resolution", args.video_resolution),
+        ("video_frames", args.video_frames),
+    ):
         if value is not None:
             setattr(cfg.export, key, value)
     cfg.export.mesh, cfg.export.video = not args.no_mesh, not args.no_video

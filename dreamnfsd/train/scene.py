@@ -20,8 +20,11 @@ class Scene:
     renderer: VolumeRenderer
 
     def state_dict(self) -> dict:
-        return {"field": self.field.state_dict(), "grid": self.grid.state_dict(),
-                "background": self.background.state_dict()}
+        return {
+            "field": self.field.state_dict(),
+            "grid": self.grid.state_dict(),
+            "background": self.background.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.field.load_state_dict(state["field"])

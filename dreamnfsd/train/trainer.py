@@ -50,8 +50,9 @@ def render_views(
             cams = _slice(cameras, slice(i, i + chunk))
             origins, dirs = cams.rays()
             lights = cams.c2w[:, :3, 3] * 1.2
-            out = scene.renderer.render(origins, dirs, shading=shading, light_positions=lights, ambient=ambient,
-                                        need_normals=True)
+            out = scene.renderer.render(
+                origins, dirs, shading=shading, light_positions=lights, ambient=ambient, need_normals=True
+            )
             outs.append({k: out[k] for k in ("rgb", "opacity", "normal")})
     return {k: torch.cat([o[k] for o in outs]) for k in ("rgb", "opacity", "normal")}
 
@@ -91,8 +92,12 @@ class Trainer:
         self.wall_time = 0.0
         self.timer = PhaseTimer(enabled=False)  # scripts/bench_step.py turns it on
         self.val_cameras = turntable_cameras(
-            max(cfg.train.val_views, 1), elevation_deg=15.0, distance=float(sum(cfg.camera.distance_range) / 2),
-            fov_deg=float(sum(cfg.camera.fov_range) / 2), height=cfg.camera.height, width=cfg.camera.width,
+            max(cfg.train.val_views, 1),
+            elevation_deg=15.0,
+            distance=float(sum(cfg.camera.distance_range) / 2),
+            fov_deg=float(sum(cfg.camera.fov_range) / 2),
+            height=cfg.camera.height,
+            width=cfg.camera.width,
             device=device,
         )
 
@@ -147,15 +152,22 @@ class Trainer:
             cams = self.sampler.sample(tc.batch_size, self.generator, self.device)
             shading = choose_shading(self.step, tc, self.generator)
             lights = light_positions(cams, tc, self.generator) if shading != "albedo" else None
-            need_normals = shading != "albedo" or (
-                tc.lambda_orientation > 0 and self.step >= tc.shading_warmup_steps
+            need_normals = shading != "albedo" or (tc.lambda_orientation > 0 and self.step >= tc.shading_warmup_steps)
+            backgrounds = (
+                None
+                if tc.background_jitter == 0
+                else jittered_backgrounds(self.scene.background.color, len(cams), tc.background_jitter, self.generator)
             )
-            backgrounds = None if tc.background_jitter == 0 else jittered_backgrounds(
-                self.scene.background.color, len(cams), tc.background_jitter, self.generator)
             origins, dirs = cams.rays(self.cfg.camera.pixel_jitter, self.generator)
             out = self.scene.renderer.render(
-                origins, dirs, shading=shading, light_positions=lights, ambient=tc.ambient,
-                need_normals=need_normals, generator=self.render_generator, background_color=backgrounds,
+                origins,
+                dirs,
+                shading=shading,
+                light_positions=lights,
+                ambient=tc.ambient,
+                need_normals=need_normals,
+                generator=self.render_generator,
+                background_color=backgrounds,
                 need_distortion=tc.lambda_distortion > 0,
             )
         with timer("guidance"):
@@ -191,8 +203,14 @@ class Trainer:
     def fit(self, stop) -> str:
         """Train until ``cfg.train.steps``. Returns "completed" or "interrupted"."""
         tc = self.cfg.train
-        bar = tqdm(total=tc.steps, initial=self.step, desc=self.cfg.prompt[:40], dynamic_ncols=True,
-                   mininterval=1.0, unit="step")
+        bar = tqdm(
+            total=tc.steps,
+            initial=self.step,
+            desc=self.cfg.prompt[:40],
+            dynamic_ncols=True,
+            mininterval=1.0,
+            unit="step",
+        )
         try:
             while self.step < tc.steps:
                 started = time.perf_counter()
@@ -213,8 +231,12 @@ class Trainer:
         else:
             self.consecutive_skips = 0
         if self.step % tc.log_every == 0 or self.step == tc.steps:
-            bar.set_postfix(loss=f"{float(result.loss):.4g}", t=f"{float(result.t_mean):.0f}",
-                            skipped=self.total_skips, refresh=False)
+            bar.set_postfix(
+                loss=f"{float(result.loss):.4g}",
+                t=f"{float(result.t_mean):.0f}",
+                skipped=self.total_skips,
+                refresh=False,
+            )
         bar.update(1)
         if tc.val_every > 0 and (self.step % tc.val_every == 0 or self.step == tc.steps):
             self.validate()
@@ -225,14 +247,20 @@ class Trainer:
         tc = self.cfg.train
         self.consecutive_skips += 1
         self.total_skips += 1
-        log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", self.step,
-                    self.consecutive_skips)
+        log.warning(
+            "step %d: non-finite loss or gradient, step skipped (%d in a row)", self.step, self.consecutive_skips
+        )
         if self.consecutive_skips < tc.max_consecutive_skips:
             return
         checkpoints = list_checkpoints(self.run_dir)
         if tc.on_nan == "abort" or not checkpoints or self.rollbacks >= MAX_ROLLBACKS:
-            why = ("" if tc.on_nan == "abort" else " with no checkpoint to roll back to" if not checkpoints
-                   else f" after {self.rollbacks} rollbacks")
+            why = (
+                ""
+                if tc.on_nan == "abort"
+                else " with no checkpoint to roll back to"
+                if not checkpoints
+                else f" after {self.rollbacks} rollbacks"
+            )
             raise NonFiniteTrainingError(
                 f"train: {self.consecutive_skips} steps in a row gave NaN/inf at step {self.step}{why}; lower "
                 "train.lr_encoding / train.lr_mlp or guidance.guidance_scale"

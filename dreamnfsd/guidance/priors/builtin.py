@@ -27,8 +27,20 @@ SHAPE_WORDS = ("sphere", "cube", "cylinder", "cone", "torus")
 COLOR_WORDS = ("red", "green", "blue", "yellow", "purple")
 # Every word of the NFSD negative prompt, as CLIP's pre-tokenizer splits it ("low-resolution" -> low, -, resolution).
 NEGATIVE_WORDS = (
-    "unrealistic", "blurry", "low", "quality", "out", "of", "focus", "ugly", "contrast", "dull", "dark", "-",
-    "resolution", "gloomy",
+    "unrealistic",
+    "blurry",
+    "low",
+    "quality",
+    "out",
+    "of",
+    "focus",
+    "ugly",
+    "contrast",
+    "dull",
+    "dark",
+    "-",
+    "resolution",
+    "gloomy",
 )
 VOCABULARY: tuple[str, ...] = ("a", ",", *SHAPE_WORDS, *COLOR_WORDS, *NEGATIVE_WORDS)
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -51,7 +63,10 @@ def build_tokenizer() -> CLIPTokenizer:
     bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
     bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     trainer = trainers.BpeTrainer(
-        vocab_size=1000, min_frequency=1, end_of_word_suffix="</w>", show_progress=False,
+        vocab_size=1000,
+        min_frequency=1,
+        end_of_word_suffix="</w>",
+        show_progress=False,
         initial_alphabet=list("abcdefghijklmnopqrstuvwxyz,-"),
     )
     bpe.train_from_iterator(VOCABULARY, trainer)
@@ -96,9 +111,15 @@ def build_builtin_pipeline_components(seed: int = 0, pose_harmonics: int = POSE_
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     text_cfg = CLIPTextConfig(
-        vocab_size=len(tokenizer.get_vocab()), hidden_size=128, intermediate_size=256, num_hidden_layers=3,
-        num_attention_heads=4, max_position_embeddings=MAX_LENGTH, projection_dim=128,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer.get_vocab()),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LENGTH,
+        projection_dim=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     text_encoder = CLIPTextModel(text_cfg)
@@ -120,7 +141,10 @@ def build_builtin_pipeline_components(seed: int = 0, pose_harmonics: int = POSE_
         torch.nn.init.zeros_(unet.class_embedding.linear_2.weight)
         torch.nn.init.zeros_(unet.class_embedding.linear_2.bias)
     scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", clip_sample=False,
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="epsilon",
+        clip_sample=False,
     )
     return PriorComponents(unet, text_encoder, tokenizer, scheduler)
 
@@ -208,8 +232,13 @@ def camera_mse(components: PriorComponents, yaw_deg: float, n: int = 24, t_value
 def _repeat_camera(camera: CameraBatch) -> CameraBatch:
     cat = lambda v: torch.cat([v, v])
     return CameraBatch(
-        cat(camera.c2w), cat(camera.fov), cat(camera.azimuth), cat(camera.elevation), cat(camera.distance),
-        camera.height, camera.width,
+        cat(camera.c2w),
+        cat(camera.fov),
+        cat(camera.azimuth),
+        cat(camera.elevation),
+        cat(camera.distance),
+        camera.height,
+        camera.width,
     )
 
 
@@ -235,8 +264,13 @@ def save_components(components: PriorComponents, folder: str | Path, metadata: d
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     meta = {
-        "kind": "pixel", "resolution": RESOLUTION, "value_range": [-1, 1], "camera_conditioning": "ray_directions",
-        "in_channels": 6, "vocabulary": list(VOCABULARY), "weights_dtype": str(dtype).removeprefix("torch."),
+        "kind": "pixel",
+        "resolution": RESOLUTION,
+        "value_range": [-1, 1],
+        "camera_conditioning": "ray_directions",
+        "in_channels": 6,
+        "vocabulary": list(VOCABULARY),
+        "weights_dtype": str(dtype).removeprefix("torch."),
         **metadata,
     }
     (folder / "dreamnfsd_prior.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -39,8 +39,14 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | str) -
         return dtype
     if dtype in (None, "auto"):
         return torch.float16 if torch.device(device).type == "cuda" else torch.float32
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype not in names:
         raise UserError(f"prior.dtype: {dtype!r} is not one of auto, float32, float16, bfloat16 — pick one of those")
     return names[dtype]

@@ -63,7 +63,7 @@ class PixelPriorSpec:
         )
         if spec.camera_conditioning not in CAMERA_MODES:
             raise UserError(
-                f"prior.model: {path} has camera_conditioning={spec.camera_conditioning!r} — use \"ray_directions\" "
+                f'prior.model: {path} has camera_conditioning={spec.camera_conditioning!r} — use "ray_directions" '
                 f"or null"
             )
         if len(spec.value_range) != 2:
@@ -86,8 +86,11 @@ def check_vocabulary(prompt: str, vocabulary: tuple[str, ...] | None, field: str
         raise UserError(
             f"{field}: unknown word(s) {', '.join(repr(w) for w in unknown)} for this prior — "
             f"use only: {' '.join(sorted(w for w in known if w.isalpha()))}"
-            + (f" (and the punctuation {' '.join(sorted(w for w in known if not w.isalpha()))})"
-               if any(not w.isalpha() for w in known) else "")
+            + (
+                f" (and the punctuation {' '.join(sorted(w for w in known if not w.isalpha()))})"
+                if any(not w.isalpha() for w in known)
+                else ""
+            )
         )
 
 
@@ -103,7 +106,11 @@ def pose_harmonics(unet) -> int:
 
 
 def camera_unet_forward(
-    unet, x_t: Tensor, t: Tensor, text_embeddings: Tensor, camera: CameraBatch | None,
+    unet,
+    x_t: Tensor,
+    t: Tensor,
+    text_embeddings: Tensor,
+    camera: CameraBatch | None,
     keep_camera: Tensor | None = None,
 ) -> Tensor:
     """Run a pixel UNet on (N, C, res, res) with whatever camera inputs it was built for; returns its raw output.
@@ -129,8 +136,15 @@ class PixelPrior(DiffusersTextPrior):
     """Pixel-space epsilon-predictor. With ``camera_conditioning == "ray_directions"`` the UNet takes
     ``out_channels + 3`` inputs: the noisy image and the per-pixel world ray directions (zeros for no camera)."""
 
-    def __init__(self, unet, tokenizer, text_encoder, alphas_cumprod: Tensor, spec: PixelPriorSpec,
-                 prediction_type: str = "epsilon"):
+    def __init__(
+        self,
+        unet,
+        tokenizer,
+        text_encoder,
+        alphas_cumprod: Tensor,
+        spec: PixelPriorSpec,
+        prediction_type: str = "epsilon",
+    ):
         resolution = spec.resolution or unet.config.sample_size
         super().__init__(tokenizer, text_encoder, alphas_cumprod, resolution, prediction_type)
         self.unet = unet
@@ -138,18 +152,18 @@ class PixelPrior(DiffusersTextPrior):
         extra = unet.config.in_channels - unet.config.out_channels
         if spec.camera_conditioning == "ray_directions" and extra != 3:
             raise UserError(
-                f"prior.model: camera_conditioning is \"ray_directions\" but the UNet takes {extra} extra input "
+                f'prior.model: camera_conditioning is "ray_directions" but the UNet takes {extra} extra input '
                 f"channels, not 3 — set camera_conditioning to null or use a camera-conditioned UNet"
             )
         if spec.camera_conditioning is None and extra != 0:
             raise UserError(
                 f"prior.model: the UNet takes {extra} extra input channels but {SPEC_FILE} sets no "
-                f"camera_conditioning — add \"camera_conditioning\": \"ray_directions\""
+                f'camera_conditioning — add "camera_conditioning": "ray_directions"'
             )
         if spec.camera_conditioning is None and pose_harmonics(unet):
             raise UserError(
                 f"prior.model: the UNet has a camera pose embedding but {SPEC_FILE} sets no camera_conditioning — "
-                f"add \"camera_conditioning\": \"ray_directions\""
+                f'add "camera_conditioning": "ray_directions"'
             )
         self.camera_aware = spec.camera_conditioning == "ray_directions"
         self.freeze()
