@@ -15,7 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from dreamnfsd.cameras import turntable_cameras
-from dreamnfsd.models import Background, FieldConfig, HashEncoding, HashEncodingConfig, NeRFField, tcnn_available
+from dreamnfsd.models import (
+    Background,
+    FieldConfig,
+    HashEncoding,
+    HashEncodingConfig,
+    SDFConfig,
+    build_field,
+    tcnn_available,
+)
 from dreamnfsd.rendering import (
     OccupancyGrid,
     OccupancyGridConfig,
@@ -33,11 +41,13 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (torch
 needs_nerfacc = pytest.mark.skipif(not HAS_NERFACC, reason="needs nerfacc (pip install nerfacc==0.5.3)")
 
 
-def sphere_field(device: str) -> NeRFField:
-    """A small field whose blob is the scene: density ~ trunc_exp(10 (1 - r / 0.5)), grey albedo."""
+def sphere_field(device: str, kind: str = "density", backend: str = "torch"):
+    """A small field whose start is the scene: the density blob trunc_exp(10 (1 - r / 0.5)), or the SDF's sphere
+    of radius 0.5 (sharpness 100); grey albedo."""
     torch.manual_seed(0)
-    enc = HashEncodingConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, per_level_scale=2.0, backend="torch")
-    return NeRFField(FieldConfig(encoding=enc, hidden_dim=32)).to(device)
+    enc = HashEncodingConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, per_level_scale=2.0, backend=backend)
+    sdf = SDFConfig(sharpness_start=100.0, sharpness_end=100.0)
+    return build_field(FieldConfig(kind=kind, encoding=enc, hidden_dim=32, sdf=sdf)).to(device)
 
 
 def make_renderer(field, backend: str, device: str) -> VolumeRenderer:
@@ -150,10 +160,11 @@ def test_tcnn_and_torch_encodings_reach_equal_quality():
 
 
 @needs_cuda
-def test_torch_renderer_cuda_matches_cpu():
+@pytest.mark.parametrize("kind", ["density", "sdf"])
+def test_torch_renderer_cuda_matches_cpu(kind):
     o, d = turntable_cameras(2, height=24, width=24).rays()
-    cpu = make_renderer(sphere_field("cpu"), "torch", "cpu")
-    gpu = make_renderer(sphere_field("cuda"), "torch", "cuda")
+    cpu = make_renderer(sphere_field("cpu", kind), "torch", "cpu")
+    gpu = make_renderer(sphere_field("cuda", kind), "torch", "cuda")
     with torch.no_grad():
         a, b = cpu.render(o, d), gpu.render(o.cuda(), d.cuda())
     torch.testing.assert_close(b["rgb"].cpu(), a["rgb"], atol=1e-4, rtol=0)
@@ -161,9 +172,10 @@ def test_torch_renderer_cuda_matches_cpu():
 
 @needs_cuda
 @pytest.mark.skipif(not (HAS_CUDA and nerfacc_available()), reason="needs nerfacc importable with CUDA")
-def test_nerfacc_and_torch_renderers_agree():
+@pytest.mark.parametrize("kind", ["density", "sdf"])
+def test_nerfacc_and_torch_renderers_agree(kind):
     """Same field, same grid: nerfacc's traversal + packed weights and our torch path give the same image."""
-    field = sphere_field("cuda")
+    field = sphere_field("cuda", kind)
     r_torch = make_renderer(field, "torch", "cuda")
     r_acc = make_renderer(field, "nerfacc", "cuda")
     r_acc.grid.load_state_dict(r_torch.grid.state_dict())
@@ -178,5 +190,26 @@ def test_nerfacc_and_torch_renderers_agree():
     assert a["distortion_loss"].item() == pytest.approx(b["distortion_loss"].item(), rel=0.1)
     # Gradients flow through the nerfacc path as well.
     out = r_acc.render(o, d, shading="lambertian")
-    (out["rgb"].mean() + out["orientation_loss"]).backward()
+    loss = out["rgb"].mean() + out["orientation_loss"] + out.get("eikonal_loss", 0.0)
+    loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in field.mlp_parameters() if p.grad is not None)
+    if kind == "sdf":
+        assert a["eikonal_loss"].item() == pytest.approx(b["eikonal_loss"].item(), abs=1e-3)
+
+
+@needs_cuda
+@pytest.mark.skipif(not tcnn_available(), reason="needs tinycudann (built from source on CUDA machines)")
+def test_sdf_field_on_tcnn_has_finite_difference_normals_and_gradients():
+    """tiny-cuda-nn's hash grid has no double backward; the SDF's normals, Eikonal and curvature terms are plain
+    finite differences of field values, so they train through it."""
+    field = sphere_field("cuda", "sdf", backend="tcnn")
+    x = torch.rand(2048, 3, device="cuda") * 1.2 - 0.6
+    x = x[x.norm(dim=-1) > 0.3]
+    assert field.encoding.backend_for(x) == "tcnn"
+    torch.testing.assert_close(field.normals(x), F.normalize(x, dim=-1), atol=0.05, rtol=0)
+    renderer = make_renderer(field, "auto", "cuda")
+    o, d = turntable_cameras(2, height=24, width=24, device="cuda").rays()
+    out = renderer.render(o, d, shading="lambertian")
+    (out["rgb"].mean() + out["eikonal_loss"] + 1e-3 * out["curvature_loss"]).backward()
+    grads = [p.grad for p in field.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -11,8 +11,8 @@ import sys
 import imageio.v2 as imageio
 import pytest
 
-from dreamnfsd.data import SCALE_JITTER
-from dreamnfsd.guidance.priors.builtin import DEFAULT_DIR, load_metadata
+from dreamnfsd.eval.benchmark import run_key
+from dreamnfsd.guidance.priors.builtin import DEFAULT_DIR
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_DIR / "unet").exists(), reason="built-in prior not exported yet")
@@ -57,8 +57,8 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
     assert results["prompts"] == ["a red cube", "a blue sphere", "a green cube"]
     assert results["overrides"] == ["train.num_threads=1"]
     assert "Not yet run by every method" in (out / "results.md").read_text()
-    # Everything is saved: a rerun (or resume) trains nothing; this one also fits the prior's own samples' size.
-    assert re.search(r"R-prec \d", bench("--prior-sizes")) is None
+    # Everything is saved: a rerun (or resume) trains nothing.
+    assert re.search(r"R-prec \d", bench()) is None
     results = json.loads((out / "results.json").read_text())
     assert results["missing"] == []
     assert results["prompts"] == ["a red cube", "a blue sphere"] and results["steps"] == 4
@@ -70,49 +70,56 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
             "iou_side",
             "iou_top",
             "iou_min_shape_group",
-            "iou_per_shape",
             "cube_top_rotation_variation",
             "colour_error",
             "broken_view_share",
             "wall_time_s",
             "iou_any_scale_side",
             "iou_any_scale_top",
+            "iou3d",
+            "fscore",
+            "normal_consistency",
+            "chamfer",
+            "normal_angle_deg",
+            "depth_rel_error",
+            "min_prompt_iou3d",
+            "one_shell",
         ):
             assert summary[key] is not None, key
-        assert set(summary["iou_per_shape"]) == {"cube", "sphere"}
-        jitter = load_metadata(DEFAULT_DIR).get("scale_jitter", SCALE_JITTER)
-        for per_shape in summary["iou_per_shape"].values():
-            # the prior's own training images score below 1 against the canonical size if their size was jittered
-            for ref in (per_shape["side_reference"], per_shape["top_reference"]):
-                assert (0.8 < ref < 1) if jitter else ref > 0.99
-            assert 0.85 <= per_shape["fitted_size"] <= 1.15 and 0.85 <= per_shape["prior_sample_size"] <= 1.15
-            assert 0.95 <= per_shape["prior_image_size"] <= 1.1  # the off-white outline of its own images
+        assert set(summary["per_shape"]) == {"cube", "sphere"}
+        assert "axis_aligned_share" in summary["per_shape"]["cube"]
     assert len(results["runs"]) == 4
     for run in results["runs"]:
         assert 0 <= run["r_precision"] <= 1 and set(run["r_precision_by_group"]) == {"side", "mid", "top"}
         assert set(run["iou"]) == {"side", "top"} and all(0 <= v <= 1 for v in run["iou"].values())
         assert all(run["iou_any_scale"][g] >= run["iou"][g] for g in ("side", "top"))  # the same search, and size
-        assert all(0.85 <= v <= 1.15 for v in run["fitted_scale"].values())
         assert run["rotation_step_deg"] == 1.0 and all(0 <= v < 360 for v in run["rotation_deg"].values())
         assert 0 <= run["top_rotation_variation"] <= 1 and run["colour_error"] >= 0
         assert run["wall_time_s"] > 0 and len(run["predicted"]) == 14
+        g = run["geometry"]
+        assert 0 <= g["iou"] <= 1 and 0 <= g["fscore"] <= 1 and g["components"] >= 1 and g["chamfer"] > 0
+        assert run["image_geometry"]["pixels"] > 0 and 0 <= run["image_geometry"]["normal_angle_deg"] <= 180
+        for suffix in (".png", ".opacity.png", ".normal.png", ".depth.png", ".mesh.npz"):
+            assert (out / "runs" / f"{run_key(run['prompt'], run['method'])}{suffix}").stat().st_size < 2_000_000
     table = (out / "results.md").read_text()
-    assert "| method | scale | R-precision | IoU side | IoU top |" in table and "| a blue sphere | nfsd |" in table
+    assert "| method | scale | 3D IoU | F-score@0.02 |" in table and "| a blue sphere | nfsd |" in table
+    assert "| method | scale | R-precision | IoU side | IoU top |" in table and "| target | measured | met |" in table
     sheet = imageio.imread(out / "contact_sheet.png")
     assert sheet.shape[0] == 2 * 2 * 32 and sheet.shape[2] == 3  # one row per prompt, 2x upscaled 32 px views
     assert "on a 1.0° grid, against truth masks sampled 1x1 per pixel." in table
-    # --rescore recomputes the silhouette metrics from the saved opacity PNG, without training: a spoiled value
-    # comes back, and a run saved before the rotation grid was recorded gets it.
+    # --rescore recomputes every metric from the saved files, without training: spoiled values come back.
     path = out / "runs" / "a-red-cube.sds.json"
     saved = json.loads(path.read_text())
-    spoiled = {**saved, "iou": {"side": 0.0, "top": 0.0}, "fitted_scale": {"side": 0.0, "top": 0.0}}
-    del spoiled["rotation_step_deg"], spoiled["truth_supersample"]
+    spoiled = {**saved, "iou": {"side": 0.0, "top": 0.0}, "geometry": {**saved["geometry"], "iou": 0.0}}
+    spoiled["image_geometry"] = {**saved["image_geometry"], "normal_angle_deg": 0.0}
     path.write_text(json.dumps(spoiled))
-    assert "1.0 / 5.0° grid, against truth masks sampled 1x1 / 2x2 per pixel (mixed" in bench("--report-only")
     assert re.search(r"R-prec \d", bench("--rescore")) is None
     rescored = json.loads(path.read_text())
-    for key in ("iou", "iou_any_scale", "rotation_step_deg", "truth_supersample"):
-        assert rescored[key] == pytest.approx(saved[key], abs=0.01), key  # the PNG holds opacity to 1/255
+    assert rescored["iou"] == pytest.approx(saved["iou"], abs=0.01)  # the PNG holds opacity to 1/255
+    assert rescored["geometry"]["iou"] == pytest.approx(saved["geometry"]["iou"], abs=0.002)  # uint16 vertices
+    assert rescored["image_geometry"]["normal_angle_deg"] == pytest.approx(
+        saved["image_geometry"]["normal_angle_deg"], abs=2.0
+    )  # normals stored as 8-bit colours
     # A saved run of another prior is refused, not mixed into the report.
     path = out / "runs" / "a-red-cube.sds.json"
     path.write_text(path.read_text().replace(run["prior"], "0123456789abcdef"))

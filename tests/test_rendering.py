@@ -62,6 +62,12 @@ class AnalyticField(nn.Module):
     def normals(self, x, mode=None):
         return self.flip * F.normalize(x, dim=-1)
 
+    def render_samples(self, x, dirs, deltas):
+        return self(x)
+
+    def occupancy(self, x, step_size, cell_radius):
+        return self.density(x) * step_size
+
 
 def renderer_for(field, grid=None, **cfg) -> VolumeRenderer:
     cfg.setdefault("stratified", False)  # deterministic samples even with gradients on

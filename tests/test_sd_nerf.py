@@ -12,9 +12,10 @@ from dreamnfsd.train.preflight import compose, to_run_config
 from dreamnfsd.train.trainer import Trainer
 
 
-@pytest.mark.parametrize("method", ["sds", "nfsd"])
-def test_tiny_sd_folder_trains_a_nerf(tmp_path, tiny_sd_prior, method):
+@pytest.mark.parametrize("method, field", [("sds", "density"), ("nfsd", "density"), ("nfsd", "sdf")])
+def test_tiny_sd_folder_trains_a_nerf(tmp_path, tiny_sd_prior, method, field):
     overrides = [
+        f"field={field}",
         "prompt=a red cube",
         f"guidance={method}",
         "prior=stable_diffusion",

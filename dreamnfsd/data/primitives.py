@@ -163,8 +163,10 @@ def render_primitives(
         generator: drives scale jitter and light placement; same generator state gives identical images.
         scale: (B,) fixed object scales instead of the random ``1 ± scale_jitter``.
     Returns:
-        dict with rgb (B, 3, H, W) in [0, 1], mask (B, 1, H, W) pixel coverage in [0, 1], camera (CameraBatch at
-        ``resolution``), scale (B,), shape_idx (B,), color_idx (B,).
+        dict with rgb (B, 3, H, W) in [0, 1], mask (B, 1, H, W) pixel coverage in [0, 1], normal (B, 3, H, W) and
+        depth (B, 1, H, W) (distance from the camera; both 0 where no ray hits, averaged over the supersamples, so
+        exact only at ``supersample=1``), camera (CameraBatch at ``resolution``), scale (B,), shape_idx (B,),
+        color_idx (B,).
     """
     shape_idx = _as_index(shapes, SHAPES)
     color_idx = _as_index(colors, COLORS)
@@ -184,9 +186,12 @@ def render_primitives(
     rgb = torch.where(hit[..., None], shade, torch.ones_like(shade))
     rgb = rgb.reshape(b, hi, hi, 3).permute(0, 3, 1, 2)
     mask = hit.float().reshape(b, 1, hi, hi)
+    as_image = lambda x: F.avg_pool2d(x.reshape(b, hi, hi, -1).permute(0, 3, 1, 2), supersample)
     return {
         "rgb": F.avg_pool2d(rgb, supersample).clamp(0, 1),
         "mask": F.avg_pool2d(mask, supersample),
+        "normal": as_image(normals * hit[..., None]),
+        "depth": as_image((points - origins).norm(dim=-1, keepdim=True) * hit[..., None]),
         "camera": make_cameras(azimuth, elevation, resolution),
         "scale": scale,
         "shape_idx": shape_idx,

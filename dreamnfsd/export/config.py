@@ -10,9 +10,15 @@ class ExportConfig:
     mesh: bool = True
     video: bool = True
     mesh_resolution: int = 128
-    threshold: str = "auto"  # a density value, or "auto"
+    # "auto": an SDF's zero level, or a density field's measured half-transmittance level; or a number in the
+    # field's units (a density, or a signed distance)
+    threshold: str = "auto"
     min_component_fraction: float = 0.05  # drop disconnected pieces with fewer faces than this share of the largest
+    max_faces: int = 0  # decimate the mesh to at most this many faces (0: keep marching cubes' full mesh)
     video_frames: int = 60
     video_fps: int = 24
     video_resolution: int = 128
     video_elevation: float = 15.0
+    ambient: float = (
+        0.3  # shaded views (turntable, validation): ambient + (1 - ambient) Lambertian, light at the camera
+    )

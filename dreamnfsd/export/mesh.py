@@ -1,7 +1,15 @@
-"""Marching cubes on the field's density, with vertex colours from albedo."""
+"""Surfaces of trained fields: marching cubes at the field's own level, the outer shell, smooth vertex normals,
+optional decimation, vertex colours from albedo.
+
+- An SDF field's surface is its zero level set (inside is f < 0).
+- A density field has no level of its own. ``threshold="auto"`` measures one: along rays from the turntable's
+  cameras it finds where the transmittance falls to 1/2 (the point a rendered silhouette switches on) and takes the
+  median density there, so the mesh sits where the renders put the surface.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +22,7 @@ from dreamnfsd.utils.files import REEXPORT_HINT, atomic_output
 
 
 class EmptySurfaceError(UserError):
-    """The chosen iso-level cuts no surface from the density grid."""
+    """The chosen iso-level cuts no surface from the field."""
 
 
 @torch.no_grad()
@@ -22,76 +30,157 @@ def sample_grid(fn: Callable[[Tensor], Tensor], resolution: int, bound: float, c
     """Evaluate ``fn`` (N,3) -> (N,) on a ``resolution``^3 lattice spanning [-bound, bound]^3. Returns (R, R, R)."""
     axis = torch.linspace(-bound, bound, resolution)
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    out = torch.cat([fn(pts[i : i + chunk]).float().cpu() for i in range(0, pts.shape[0], chunk)])
+    device = _device_of(fn)
+    out = torch.cat([fn(pts[i : i + chunk].to(device)).float().cpu() for i in range(0, pts.shape[0], chunk)])
     return out.reshape(resolution, resolution, resolution)
 
 
-def auto_threshold(density: Tensor) -> float:
-    """An iso-level for a NeRF density grid: a fixed share between the empty level and a high percentile.
+def _device_of(fn) -> torch.device:
+    owner = getattr(fn, "__self__", None)
+    params = list(owner.parameters()) if isinstance(owner, torch.nn.Module) else []
+    return params[0].device if params else torch.device("cpu")
 
-    A single absolute value does not suit both a barely trained field and a converged one, whose densities
-    differ by orders of magnitude; the 99.5th percentile tracks the solid interior.
+
+@torch.no_grad()
+def half_transmittance_density(
+    density_fn: Callable[[Tensor], Tensor], origins: Tensor, dirs: Tensor, bound: float, n_steps: int = 256
+) -> float:
+    """Median density at the points where rays' transmittance falls to 1/2 (rays that never get there are left
+    out): the density level at which a density field's renders place its surface.
+
+    Args:
+        origins, dirs: (N, 3) rays, dirs unit length. bound: the scene box half-size.
+    Returns:
+        the level, or NaN when no ray becomes half opaque.
     """
-    high = float(torch.quantile(density.flatten()[:: max(1, density.numel() // 2_000_000)], 0.995))
-    return max(0.25 * high, 1e-3)
+    t_near = (origins.norm(dim=-1) - math.sqrt(3.0) * bound).clamp(min=0.0)
+    length = 2.0 * math.sqrt(3.0) * bound
+    step = length / n_steps
+    t = t_near[:, None] + (torch.arange(n_steps, dtype=origins.dtype, device=origins.device) + 0.5) * step
+    pts = origins[:, None, :] + t[..., None] * dirs[:, None, :]
+    inside = (pts.abs() <= bound).all(-1)
+    sigma = torch.zeros_like(t)
+    flat = pts[inside]
+    sigma[inside] = torch.cat([density_fn(c) for c in flat.split(65536)]) if len(flat) else flat.new_zeros(0)
+    tau = (sigma * step).cumsum(1)
+    crossed = tau >= math.log(2.0)
+    hit = crossed.any(1)
+    if not hit.any():
+        return math.nan
+    first = crossed.float().argmax(1)[hit]
+    return float(sigma[hit].gather(1, first[:, None]).median())
 
 
-def remove_small_components(vertices: np.ndarray, faces: np.ndarray, min_fraction: float):
-    """Drop disconnected pieces with fewer faces than ``min_fraction`` of the largest piece. Returns a trimesh."""
+def keep_outer_shells(mesh, min_fraction: float):
+    """Drop pieces that are cavities (negative volume: a closed surface facing inwards) or fog (fewer faces than
+    ``min_fraction`` of the largest piece). Returns a ``trimesh.Trimesh``."""
     import trimesh
 
-    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=True)
     parts = mesh.split(only_watertight=False)
     if len(parts) <= 1:
         return mesh
     largest = max(len(p.faces) for p in parts)
-    kept = [p for p in parts if len(p.faces) >= min_fraction * largest]
-    return trimesh.util.concatenate(kept)
+    kept = [p for p in parts if len(p.faces) >= min_fraction * largest and not (p.is_watertight and p.volume < 0)]
+    return trimesh.util.concatenate(kept or [max(parts, key=lambda p: len(p.faces))])
+
+
+def marching_cubes(values: Tensor, level: float, bound: float):
+    """Surface where ``values`` (R, R, R) (larger inside) crosses ``level``, faces wound outwards (positive
+    volume). Returns (vertices (V, 3) world, faces (F, 3))."""
+    import mcubes
+
+    resolution = values.shape[0]
+    # Padding with "outside" closes surfaces that touch the box instead of leaving them open.
+    pad = min(float(values.min()), level) - 1.0
+    padded = np.pad(values.numpy(), 1, mode="constant", constant_values=pad)
+    vertices, faces = mcubes.marching_cubes(padded, level)
+    vertices = (vertices - 1.0) / (resolution - 1) * 2.0 * bound - bound
+    # PyMCubes winds faces outwards (towards lower values) already; the old export reversed them (negative volume).
+    return vertices, faces
+
+
+def decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quadric decimation to at most ``max_faces`` faces (fast-simplification); unchanged if already under."""
+    if len(faces) <= max_faces:
+        return vertices, faces
+    import fast_simplification
+
+    v, f = fast_simplification.simplify(
+        vertices.astype(np.float32), faces.astype(np.int64), target_reduction=1.0 - max_faces / len(faces)
+    )
+    return np.asarray(v, dtype=np.float64), np.asarray(f, dtype=np.int64)
+
+
+def _batched(fn: Callable[[Tensor], Tensor], pts: np.ndarray, device: torch.device) -> Tensor:
+    x = torch.from_numpy(np.asarray(pts, dtype=np.float32))
+    return torch.cat([fn(x[i : i + 65536].to(device)).float().cpu() for i in range(0, len(x), 65536)])
 
 
 def extract_mesh(
-    density_fn: Callable[[Tensor], Tensor],
-    albedo_fn: Callable[[Tensor], Tensor],
+    field,
     resolution: int,
-    bound: float,
     threshold: float | str = "auto",
     min_component_fraction: float = 0.05,
+    max_faces: int = 0,
+    level_rays: tuple[Tensor, Tensor] | None = None,
 ):
-    """Marching cubes at ``threshold`` on a ``resolution``^3 density grid; vertex colours from ``albedo_fn``.
+    """The field's surface as a ``trimesh.Trimesh`` with smooth vertex normals and RGBA vertex colours.
 
-    Returns a ``trimesh.Trimesh`` with RGBA vertex colours. Raises :class:`EmptySurfaceError` if no surface exists.
+    Args:
+        field: a trained :class:`~dreamnfsd.models.field.HashGridField` (its ``bound`` from its config).
+        resolution: marching-cubes lattice points per axis over the scene box.
+        threshold: "auto" (an SDF's zero level; a density field's measured half-transmittance level, which needs
+            ``level_rays`` (origins, dirs) (N, 3) each) or a number in the field's own units.
+        min_component_fraction: pieces with fewer faces than this share of the largest are dropped.
+        max_faces: decimate to at most this many faces (0: keep all).
+    Raises:
+        EmptySurfaceError if the level cuts no surface.
     """
-    import mcubes
+    import trimesh
 
-    density = sample_grid(density_fn, resolution, bound)
-    level = auto_threshold(density) if threshold == "auto" else float(threshold)
-    dmax = float(density.max())
-    if not dmax > level:
-        raise EmptySurfaceError(
-            f"export.threshold: no surface at density {level:.4g} (the field's maximum is {dmax:.4g}); "
-            "train longer or pass a lower export.threshold"
-        )
-    # Pad so that surfaces touching the box are closed rather than left open.
-    padded = np.pad(density.numpy(), 1, mode="constant", constant_values=0.0)
-    vertices, faces = mcubes.marching_cubes(padded, level)
-    if len(faces) == 0:
-        raise EmptySurfaceError(f"export.threshold: marching cubes found no faces at {level:.4g}; lower it")
-    vertices = (vertices - 1.0) / (resolution - 1) * 2.0 * bound - bound
-    mesh = remove_small_components(vertices, faces[:, ::-1].copy(), min_component_fraction)
+    bound = float(field.cfg.bound)
+    device = next(field.parameters()).device
     with torch.no_grad():
-        pts = torch.from_numpy(np.asarray(mesh.vertices, dtype=np.float32))
-        rgb = torch.cat([albedo_fn(pts[i : i + 65536]).float().cpu() for i in range(0, len(pts), 65536)])
+        if field.cfg.kind == "sdf":
+            values = sample_grid(lambda x: -field.sdf(x), resolution, bound)
+            level = 0.0 if threshold == "auto" else -float(threshold)
+        else:
+            values = sample_grid(field.density, resolution, bound)
+            if threshold != "auto":
+                level = float(threshold)
+            elif level_rays is None:
+                raise ValueError("a density field's automatic level needs level_rays")
+            else:
+                level = half_transmittance_density(field.density, *level_rays, bound)
+    vmax = float(values.max())
+    if not vmax > level:  # also catches a NaN level (no ray became half opaque)
+        what = "SDF" if field.cfg.kind == "sdf" else "density"
+        raise EmptySurfaceError(
+            f"export.threshold: no surface at {what} level {level:.4g} (the field's maximum is {vmax:.4g}); "
+            "train longer or pass another export.threshold"
+        )
+    vertices, faces = marching_cubes(values, level, bound)
+    if len(faces) == 0:
+        raise EmptySurfaceError(f"export.threshold: marching cubes found no faces at {level:.4g}; change it")
+    mesh = keep_outer_shells(trimesh.Trimesh(vertices=vertices, faces=faces, process=True), min_component_fraction)
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    if max_faces > 0:
+        vertices, faces = decimate(vertices, faces, max_faces)
+    with torch.no_grad():
+        normals = _batched(field.normals, vertices, device).numpy()
+        rgb = _batched(lambda x: field(x)["albedo"], vertices, device)
     colors = (rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-    mesh.visual.vertex_colors = np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1)
-    return mesh
+    colors = np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1)
+    return trimesh.Trimesh(vertices=vertices, faces=faces, vertex_normals=normals, vertex_colors=colors, process=False)
 
 
 def write_meshes(mesh, out_dir: Path, stem: str = "mesh") -> list[Path]:
-    """Write ``stem``.obj, .ply and .glb under ``out_dir``, each atomically; returns the paths."""
+    """Write ``stem``.obj, .ply and .glb under ``out_dir``, each atomically, with vertex normals; returns paths."""
     paths = []
     for ext in ("obj", "ply", "glb"):
         path = Path(out_dir) / f"{stem}.{ext}"
+        normals = {"vertex_normal": True} if ext == "ply" else {"include_normals": True}
         with atomic_output(path, REEXPORT_HINT) as tmp:
-            mesh.export(tmp, file_type=ext)
+            mesh.export(tmp, file_type=ext, **normals)
         paths.append(path)
     return paths

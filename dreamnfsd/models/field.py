@@ -1,4 +1,9 @@
-"""The NeRF field: hash encoding + small MLP -> density (with a centred "blob" prior) and albedo; normals."""
+"""Hash-grid fields: the NeRF density field (with an optional centred "blob" prior) and albedo; normals.
+
+Every field answers the renderer through one method, ``render_samples(points, dirs, deltas)``, which returns the
+density that the compositor uses plus albedo (and, when the field has them for free, normals and regulariser terms):
+see :class:`HashGridField`. :mod:`dreamnfsd.models.sdf_field` holds the signed-distance field.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,24 @@ from dreamnfsd.models.mlp import MLP
 
 
 @dataclass
+class SDFConfig:
+    """Settings of the signed-distance field (``field.kind=sdf``); see :mod:`dreamnfsd.models.sdf_field`."""
+
+    init_radius: float = 0.5  # the field starts as a sphere of this radius
+    # NeuS's sharpness s (the inverse scale of the logistic that turns SDF into opacity) rises geometrically from
+    # sharpness_start to sharpness_end over the first sharpness_ramp share of training, then stays there.
+    sharpness_start: float = 20.0
+    sharpness_end: float = 400.0
+    sharpness_ramp: float = 0.8
+    curvature_norm: str = "square"  # the curvature term per sample: square (laplacian^2) | abs (|laplacian|)
+
+
+FIELD_KINDS = ("density", "sdf")
+
+
+@dataclass
 class FieldConfig:
+    kind: str = "density"  # density (NeRF) | sdf (NeuS-style signed distance)
     encoding: HashEncodingConfig = field(default_factory=HashEncodingConfig)
     hidden_dim: int = 64
     n_hidden_layers: int = 2
@@ -24,8 +46,9 @@ class FieldConfig:
     blob_density: float = 10.0
     blob_radius: float = 0.5
     normal_mode: str = "finite_difference"  # finite_difference | autograd
-    fd_eps: float = 1e-2  # central-difference step in world units (under a cell of the finest useful level)
+    fd_eps: float = 1e-2  # finite-difference step in world units (under a cell of the finest useful level)
     compile: bool = False  # torch.compile the MLP head used with gradients (inference stays eager, see notes)
+    sdf: SDFConfig = field(default_factory=SDFConfig)
 
 
 class _TruncExp(torch.autograd.Function):
@@ -52,16 +75,16 @@ def density_blob(x: Tensor, blob_density: float, blob_radius: float) -> Tensor:
     return blob_density * (1.0 - x.norm(dim=-1) / blob_radius)
 
 
-class NeRFField(nn.Module):
-    """density(x) (N,), forward(x) -> {"density", "albedo"}, normals(x) (N, 3). x in world units (N, 3)."""
+class HashGridField(nn.Module):
+    """Hash encoding + MLP with 4 outputs (a geometry value, 3 albedo logits); the base of both fields.
 
-    def __init__(self, cfg: FieldConfig | None = None):
+    Subclasses define ``density(x)`` (N,) (what the occupancy grid and nerfacc's marcher skip by),
+    ``forward(x)`` -> {"density", "albedo", ...}, ``normals(x)`` (N, 3) and ``render_samples``.
+    """
+
+    def __init__(self, cfg: FieldConfig):
         super().__init__()
-        self.cfg = cfg = cfg or FieldConfig()
-        if cfg.density_activation not in ("trunc_exp", "softplus"):
-            raise ValueError(f"unknown density activation {cfg.density_activation!r}")
-        if cfg.normal_mode not in ("finite_difference", "autograd"):
-            raise ValueError(f"unknown normal mode {cfg.normal_mode!r}")
+        self.cfg = cfg
         self.encoding = HashEncoding(cfg.encoding)
         self.mlp = MLP(self.encoding.out_dim, cfg.hidden_dim, cfg.n_hidden_layers, 4)
         self._mlp_compiled = torch.compile(self.mlp, dynamic=True) if cfg.compile else None
@@ -78,6 +101,31 @@ class NeRFField(nn.Module):
         # A compiled module under no_grad was measured ~25x slower on CPU than eager, so inference stays eager.
         mlp = self._mlp_compiled if self._mlp_compiled is not None and torch.is_grad_enabled() else self.mlp
         return mlp(feats)
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress in [0, 1], for fields with schedules. The density field has none."""
+
+    def occupancy(self, x: Tensor, step_size: float, cell_radius: float) -> Tensor:
+        """The occupancy grid's value at x (N, 3) -> (N,): about the opacity of one step, sigma * step_size."""
+        return self.density(x) * step_size
+
+    def render_samples(self, x: Tensor, dirs: Tensor, deltas: Tensor) -> dict[str, Tensor]:
+        """What the renderer needs at samples x (M, 3) seen along unit dirs (M, 3) over intervals deltas (M,):
+        {"density" (M,) used by the compositor, "albedo" (M, 3)}, plus "normal" (M, 3) and per-sample regulariser
+        terms when the field gets them for free."""
+        return self(x)
+
+
+class NeRFField(HashGridField):
+    """density(x) (N,), forward(x) -> {"density", "albedo"}, normals(x) (N, 3). x in world units (N, 3)."""
+
+    def __init__(self, cfg: FieldConfig | None = None):
+        cfg = cfg or FieldConfig()
+        if cfg.density_activation not in ("trunc_exp", "softplus"):
+            raise ValueError(f"unknown density activation {cfg.density_activation!r}")
+        if cfg.normal_mode not in ("finite_difference", "autograd"):
+            raise ValueError(f"unknown normal mode {cfg.normal_mode!r}")
+        super().__init__(cfg)
 
     def _sigma(self, pre: Tensor, x: Tensor) -> Tensor:
         if self.cfg.blob_density != 0.0:
@@ -119,3 +167,14 @@ class NeRFField(nn.Module):
             sig = self.density(xg)
             (grad,) = torch.autograd.grad(sig.sum(), xg, create_graph=train)
         return -F.normalize(grad, dim=-1)
+
+
+def build_field(cfg: FieldConfig) -> HashGridField:
+    """The field ``cfg.kind`` names: a :class:`NeRFField` or an :class:`~dreamnfsd.models.sdf_field.SDFField`."""
+    if cfg.kind == "sdf":
+        from dreamnfsd.models.sdf_field import SDFField
+
+        return SDFField(cfg)
+    if cfg.kind == "density":
+        return NeRFField(cfg)
+    raise ValueError(f"unknown field kind {cfg.kind!r}")

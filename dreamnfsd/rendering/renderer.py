@@ -54,8 +54,12 @@ class VolumeRenderer(nn.Module):
 
     # ---- occupancy ---------------------------------------------------------------------------------------------
     def occupancy_fn(self, x: Tensor) -> Tensor:
-        """The grid's occupancy value: sigma * step size (about the opacity of one step), as nerfacc uses."""
-        return self.field.density(x) * self.step_size
+        """The grid's occupancy value at x (P, 3): about the opacity of one step (sigma * step size, as nerfacc
+        uses); an SDF field widens its surface by a grid cell's half-diagonal so that no surface cell is skipped."""
+        cell_radius = 0.0
+        if self.grid is not None:
+            cell_radius = math.sqrt(3.0) * self.bound / self.grid.resolution
+        return self.field.occupancy(x, self.step_size, cell_radius)
 
     def update_occupancy(self, step: int, generator: torch.Generator | None = None) -> bool:
         return self.grid is not None and self.grid.update(step, self.occupancy_fn, generator)
@@ -113,7 +117,7 @@ class VolumeRenderer(nn.Module):
                     o[s:e], d[s:e], shading, ls, ambient, with_normals, backend, generator, need_distortion
                 )
             )
-        scalars = ("orient", "distortion", "n", "n_normal")
+        scalars = ("orient", "distortion", "n", "n_normal", "eikonal", "curvature")
         out = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in scalars}
         n_rays = o.shape[0]
         if background_color is not None:
@@ -136,6 +140,9 @@ class VolumeRenderer(nn.Module):
             result["orientation_loss"] = sum(p["orient"] for p in parts) / max(1, n_rays)
         if need_distortion:
             result["distortion_loss"] = sum(p["distortion"] for p in parts) / max(1, n_rays)
+        for key in ("eikonal", "curvature"):  # per-sample regulariser terms of fields that have them (SDF)
+            if any(key in p for p in parts):
+                result[f"{key}_loss"] = sum(p.get(key, 0.0) for p in parts) / max(1, result["num_samples"])
         return result
 
     def _render_rays(self, o, d, shading, lights, ambient, with_normals, backend, generator, need_distortion) -> dict:
@@ -144,23 +151,28 @@ class VolumeRenderer(nn.Module):
         stratified = self.cfg.stratified and torch.is_grad_enabled()
         if backend == "nerfacc":
             samples = self._march_nerfacc(o, d, stratified)
-            pts = sample_points(o, d, samples)
-            fo = self.field(pts) if pts.shape[0] else _empty_field(o)
-            sigma, albedo = fo["density"], fo["albedo"]
-            weights = backends.nerfacc_weights(sigma, samples)
+            fo = self._field_at(o, d, samples)
+            weights = backends.nerfacc_weights(fo["density"], samples)
         else:
             offsets = torch.rand(n, generator=generator, device=o.device) if stratified else None
             occupied = self.grid.occupied if self.grid is not None else None
             samples = march(o, d, self.aabb.to(o), self.step_size, occupied, offsets, self.cfg.near)
-            samples, sigma, albedo = self._evaluate_early_stop(o, d, samples)
-            pts = sample_points(o, d, samples)
+            samples, fo = self._evaluate_early_stop(o, d, samples)
             deltas = samples.t_ends - samples.t_starts
-            weights, _, _ = render_weights(sigma, deltas, samples.ray_indices, samples.ranks, n)
+            weights, _, _ = render_weights(fo["density"], deltas, samples.ray_indices, samples.ranks, n)
+        pts = sample_points(o, d, samples)
         ray = samples.ray_indices
         out = {"n": int(pts.shape[0]), "n_normal": 0}
+        for key in ("eikonal", "curvature"):
+            if key in fo:
+                out[key] = fo[key].sum()
+        albedo = fo["albedo"]
         normals = None
         if with_normals:
-            normals, out["n_normal"] = self._normals(pts, weights)
+            if "normal" in fo:  # the field computed them with its samples
+                normals = fo["normal"]
+            else:
+                normals, out["n_normal"] = self._normals(pts, weights)
             out["normal"] = accumulate_along_rays(weights, ray, n, normals)
             facing = (normals * d[ray]).sum(-1).clamp(min=0.0)
             out["orient"] = (weights.detach() * facing.square()).sum()
@@ -191,20 +203,26 @@ class VolumeRenderer(nn.Module):
                 self.cfg.near,
             )
 
+    def _field_at(self, o: Tensor, d: Tensor, samples: PackedSamples) -> dict[str, Tensor]:
+        """The field's :meth:`render_samples` at packed samples: {"density" (M,), "albedo" (M, 3), ...}."""
+        if samples.ray_indices.numel() == 0:
+            return _empty_field(o)
+        ray = samples.ray_indices
+        return self.field.render_samples(sample_points(o, d, samples), d[ray], samples.t_ends - samples.t_starts)
+
     def _evaluate_early_stop(self, o: Tensor, d: Tensor, samples: PackedSamples):
         """Field values for the samples before each ray's transmittance drops under early_stop_eps.
 
-        Returns the evaluated subset of samples, its sigma (M,) and albedo (M, 3).
+        Returns the evaluated subset of samples and the field's outputs there (see :meth:`_field_at`).
         """
         n = samples.n_rays
         if samples.ray_indices.numel() == 0:
-            empty = _empty_field(o)
-            return samples, empty["density"], empty["albedo"]
+            return samples, _empty_field(o)
         max_tau = -math.log(self.cfg.early_stop_eps) if self.cfg.early_stop_eps > 0 else math.inf
         tau_sum = o.new_zeros(n)
         alive = torch.ones(n, dtype=torch.bool, device=o.device)
         last_rank = int(samples.ranks.max().item())
-        picked, sigmas, albedos = [], [], []
+        picked, outs = [], []
         lo, size = 0, self.cfg.early_stop_block
         while lo <= last_rank:
             sel = (samples.ranks >= lo) & (samples.ranks < lo + size) & alive[samples.ray_indices]
@@ -213,18 +231,17 @@ class VolumeRenderer(nn.Module):
             if idx.numel() == 0:
                 continue
             sub = PackedSamples(*(t[idx] for t in samples[:4]), n)
-            fo = self.field(sample_points(o, d, sub))
+            fo = self._field_at(o, d, sub)
             tau = fo["density"].detach() * (sub.t_ends - sub.t_starts)
             tau_sum.index_add_(0, sub.ray_indices, tau)
             alive &= tau_sum < max_tau
             picked.append(idx)
-            sigmas.append(fo["density"])
-            albedos.append(fo["albedo"])
+            outs.append(fo)
             if not alive.any():
                 break
         idx = torch.cat(picked)
         sub = PackedSamples(*(t[idx] for t in samples[:4]), n)
-        return sub, torch.cat(sigmas), torch.cat(albedos)
+        return sub, {k: torch.cat([fo[k] for fo in outs]) for k in outs[0]}
 
     def _normals(self, pts: Tensor, weights: Tensor) -> tuple[Tensor, int]:
         """Normals (M, 3) at samples that carry weight (zeros elsewhere), and the density evaluations spent."""

@@ -30,6 +30,12 @@ class TrainConfig:
     # Mip-NeRF 360's distortion loss (mean over rays, world units): thins the soft shell that makes silhouettes
     # seen past an edge-on face a pixel too large.
     lambda_distortion: float = 0.0
+    # SDF fields only (field.kind=sdf): the Eikonal term (|grad f| - 1)^2 keeps f a distance, the curvature term
+    # (laplacian f)^2 smooths the surface; both are means over the rendered samples.
+    lambda_eikonal: float = 0.1
+    lambda_curvature: float = 0.0
+    # When set, the curvature weight moves geometrically from lambda_curvature to this over training.
+    lambda_curvature_final: float | None = None
     # Bookkeeping.
     log_every: int = 10
     val_every: int = 200

@@ -40,8 +40,18 @@ def write_json(data: dict, path: Path) -> None:
     atomic_write_bytes((json.dumps(data, indent=2) + "\n").encode(), path)
 
 
+def level_rays(cfg, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays (N, 3) x 2 along which a density field's surface level is measured: 8 turntable views at 32 px."""
+    from dreamnfsd.cameras import turntable_cameras
+
+    distance, fov = float(sum(cfg.camera.distance_range) / 2), float(sum(cfg.camera.fov_range) / 2)
+    cams = turntable_cameras(8, cfg.export.video_elevation, distance, fov, 32, 32, device)
+    origins, dirs = cams.rays()
+    return origins.reshape(-1, 3), dirs.reshape(-1, 3)
+
+
 def export_outputs(scene, cfg, out_dir: Path) -> dict:
-    """Mesh (obj/ply/glb) and the two turntable videos into ``out_dir``. Returns {name: path or message}."""
+    """Mesh (obj/ply/glb) and the turntable videos into ``out_dir``. Returns {name: path or message}."""
     from dreamnfsd.cameras import turntable_cameras
     from dreamnfsd.export.mesh import EmptySurfaceError, extract_mesh, write_meshes
     from dreamnfsd.export.video import normals_to_rgb, side_by_side, write_video
@@ -49,40 +59,38 @@ def export_outputs(scene, cfg, out_dir: Path) -> dict:
 
     ec, outputs = cfg.export, {}
     out_dir = Path(out_dir)
+    device = next(scene.field.parameters()).device
     if ec.mesh:
-        field = scene.field
         try:
+            origins, dirs = level_rays(cfg, device)
             mesh = extract_mesh(
-                field.density,
-                lambda x: field(x)["albedo"],
+                scene.field,
                 ec.mesh_resolution,
-                cfg.field.bound,
                 ec.threshold,
                 ec.min_component_fraction,
+                ec.max_faces,
+                level_rays=(origins, dirs),
             )
             for path in write_meshes(mesh, out_dir):
                 outputs[path.suffix[1:]] = str(path)
             outputs["mesh_watertight"] = bool(mesh.is_watertight)
+            outputs["mesh_volume"] = float(mesh.volume)
         except EmptySurfaceError as e:
             print(f"dreamnfsd: no mesh written: {e}", file=sys.stderr)
             outputs["mesh_error"] = str(e)
     if ec.video:
-        device = next(scene.field.parameters()).device
-        cams = turntable_cameras(
-            ec.video_frames,
-            ec.video_elevation,
-            float(sum(cfg.camera.distance_range) / 2),
-            float(sum(cfg.camera.fov_range) / 2),
-            ec.video_resolution,
-            ec.video_resolution,
-            device,
-        )
-        views = render_views(scene, cams, shading="albedo")
-        outputs["turntable"] = str(write_video(views["rgb"], out_dir / "turntable.mp4", ec.video_fps))
-        panels = side_by_side(views["rgb"], normals_to_rgb(views["normal"], views["opacity"]), views["opacity"])
+        distance, fov = float(sum(cfg.camera.distance_range) / 2), float(sum(cfg.camera.fov_range) / 2)
+        res = ec.video_resolution
+        cams = turntable_cameras(ec.video_frames, ec.video_elevation, distance, fov, res, res, device)
+        shaded = render_views(scene, cams, shading="lambertian", ambient=ec.ambient)
+        albedo = render_views(scene, cams, shading="albedo")
+        outputs["turntable"] = str(write_video(shaded["rgb"], out_dir / "turntable.mp4", ec.video_fps))
+        normals = normals_to_rgb(shaded["normal"], shaded["opacity"])
+        panels = side_by_side(shaded["rgb"], normals, shaded["opacity"])
         outputs["turntable_panels"] = str(
             write_video(panels, out_dir / "turntable_rgb_normal_opacity.mp4", ec.video_fps)
         )
+        outputs["turntable_albedo"] = str(write_video(albedo["rgb"], out_dir / "turntable_albedo.mp4", ec.video_fps))
     return outputs
 
 
@@ -216,7 +224,7 @@ def _train_and_export(cfg, run_dir: Path, trainer) -> RunStatus:
         summary["outputs_step"] = trainer.step
     record("completed", export_time_s=round(time.perf_counter() - started, 2), outputs=outputs)
     print(f"dreamnfsd: done in {trainer.wall_time:.0f}s of training. Outputs in {out_dir}:")
-    for name in ("obj", "ply", "glb", "turntable", "turntable_panels"):
+    for name in ("obj", "ply", "glb", "turntable", "turntable_panels", "turntable_albedo"):
         if name in outputs:
             print(f"  {outputs[name]}")
     return RunStatus("completed", 0)

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 import torch
 
 from dreamnfsd.models.background import Background
-from dreamnfsd.models.field import NeRFField
+from dreamnfsd.models.field import HashGridField, build_field
 from dreamnfsd.rendering.occupancy_grid import OccupancyGrid
 from dreamnfsd.rendering.renderer import VolumeRenderer
 
 
 @dataclass
 class Scene:
-    field: NeRFField
+    field: HashGridField
     grid: OccupancyGrid
     background: Background
     renderer: VolumeRenderer
@@ -37,7 +37,7 @@ def build_scene(cfg, device: torch.device, generator: torch.Generator | None = N
 
     ``generator`` (on ``device``) drives the grid's jittered initial marking.
     """
-    field = NeRFField(cfg.field).to(device)
+    field = build_field(cfg.field).to(device)
     grid = OccupancyGrid(cfg.grid, bound=cfg.field.bound).to(device)
     background = Background(cfg.background).to(device)
     renderer = VolumeRenderer(field, grid, background, cfg.renderer)

@@ -42,8 +42,9 @@ def render_views(
 ) -> dict:
     """Render fixed views without gradient, a few cameras at a time, lit from the camera.
 
-    Returns rgb, opacity and normal, each (N, H, W, C).
+    Returns rgb, opacity, normal and depth, each (N, H, W, C).
     """
+    keys = ("rgb", "opacity", "normal", "depth")
     outs = []
     with torch.no_grad():
         for i in range(0, len(cameras), chunk):
@@ -53,8 +54,8 @@ def render_views(
             out = scene.renderer.render(
                 origins, dirs, shading=shading, light_positions=lights, ambient=ambient, need_normals=True
             )
-            outs.append({k: out[k] for k in ("rgb", "opacity", "normal")})
-    return {k: torch.cat([o[k] for o in outs]) for k in ("rgb", "opacity", "normal")}
+            outs.append({k: out[k] for k in keys})
+    return {k: torch.cat([o[k] for o in outs]) for k in keys}
 
 
 def _slice(c: CameraBatch, s: slice) -> CameraBatch:
@@ -148,6 +149,8 @@ class Trainer:
     def train_step(self) -> StepResult:
         tc = self.cfg.train
         timer = self.timer
+        progress = self.step / max(tc.steps - 1, 1)
+        self.scene.field.set_progress(progress)
         with timer("render"), self._autocast():
             cams = self.sampler.sample(tc.batch_size, self.generator, self.device)
             shading = choose_shading(self.step, tc, self.generator)
@@ -172,7 +175,6 @@ class Trainer:
             )
         with timer("guidance"):
             z = self.prior.to_model_space(out["rgb"].float().permute(0, 3, 1, 2))  # (B, 3, H, W) -> model space
-            progress = self.step / max(tc.steps - 1, 1)
             g = self.guidance.step(z, cams, self.generator, progress)
             loss = g.loss
             if tc.lambda_entropy > 0:
@@ -183,6 +185,10 @@ class Trainer:
                 loss = loss + tc.lambda_distortion * out["distortion_loss"]
             if tc.lambda_orientation > 0 and "orientation_loss" in out:
                 loss = loss + tc.lambda_orientation * out["orientation_loss"]
+            if tc.lambda_eikonal > 0 and "eikonal_loss" in out:
+                loss = loss + tc.lambda_eikonal * out["eikonal_loss"]
+            if tc.lambda_curvature > 0 and "curvature_loss" in out:
+                loss = loss + curvature_weight(tc, progress) * out["curvature_loss"]
         with timer("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -276,13 +282,20 @@ class Trainer:
         log.warning("rolled back to step %d with learning rates x%.3g", self.step, self.lr_scale)
 
     def validate(self) -> Path:
-        views = render_views(self.scene, self.val_cameras, shading="albedo")
+        """Rows of the fixed views: shaded (Lambertian, light at the camera), albedo, normals, opacity."""
+        shaded = render_views(self.scene, self.val_cameras, shading="lambertian", ambient=self.cfg.export.ambient)
+        albedo = render_views(self.scene, self.val_cameras, shading="albedo")
         strip = lambda images: torch.cat(list(images.expand(*images.shape[:-1], 3)), dim=1)  # (H, N*W, 3)
-        grid = torch.cat(
-            [strip(views["rgb"]), strip(normals_to_rgb(views["normal"], views["opacity"])), strip(views["opacity"])],
-            dim=0,
-        )
+        rows = [shaded["rgb"], albedo["rgb"], normals_to_rgb(shaded["normal"], shaded["opacity"]), shaded["opacity"]]
+        grid = torch.cat([strip(r) for r in rows], dim=0)
         return write_image(grid, self.run_dir / "validation" / f"step_{self.step:06d}.png")
+
+
+def curvature_weight(tc, progress: float) -> float:
+    """The curvature term's weight at training ``progress``: constant, or geometric towards its final value."""
+    if tc.lambda_curvature_final is None:
+        return tc.lambda_curvature
+    return tc.lambda_curvature * (tc.lambda_curvature_final / tc.lambda_curvature) ** min(max(progress, 0.0), 1.0)
 
 
 def steps_per_second(trainer: Trainer) -> float:
