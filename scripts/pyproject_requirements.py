@@ -1,7 +1,6 @@
 """Print pyproject's runtime requirements (plus chosen extras), one per line, for ``pip install -r``.
 
-The Docker image installs the dependencies in a layer of their own, before the source is copied, so that editing
-code does not re-download them. Reading them from pyproject here keeps a single list of requirements.
+The Docker image's dependency layer runs this before the source is copied (dreamnfsd.utils.requirements says why).
 Usage: ``python scripts/pyproject_requirements.py [--extra cuda ...] [pyproject.toml]`` (tomli on Python 3.10).
 """
 
@@ -11,22 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout (or the image's partial copy of it)
 
-
-def requirements(pyproject: Path, extras: list[str]) -> list[str]:
-    project = tomllib.loads(pyproject.read_text())["project"]
-    optional = project.get("optional-dependencies", {})
-    unknown = [e for e in extras if e not in optional]
-    if unknown:
-        raise SystemExit(f"unknown extra(s) {unknown}; pyproject has {sorted(optional)}")
-    reqs = list(project.get("dependencies", []))
-    for extra in extras:
-        reqs += optional[extra]
-    return reqs
+from dreamnfsd.utils.requirements import requirements  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pyproject", nargs="?", default="pyproject.toml", type=Path)
     parser.add_argument("--extra", action="append", default=[], help="optional-dependencies group to add")
     args = parser.parse_args(argv)
-    sys.stdout.write("".join(f"{r}\n" for r in requirements(args.pyproject, args.extra)))
+    try:
+        reqs = requirements(args.pyproject, args.extra)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    sys.stdout.write("".join(f"{r}\n" for r in reqs))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The GPU benchmark runs end to end on a CPU in its --small form and writes every field it promises."""
+"""The GPU benchmark times the product's training step, and runs end to end on a CPU in its --small form, writing
+every field it promises."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from dreamnfsd.train.shading import choose_shading
+from dreamnfsd.utils import gpu_bench
+from dreamnfsd.utils.step_bench import PHASES, PRIOR_CALL
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "bench_gpu.py"
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import bench_gpu  # noqa: E402
-
 
 def test_sd21_base_configs_are_the_real_architecture():
-    unet, vae, text = bench_gpu.SD21_BASE_UNET, bench_gpu.SD21_BASE_VAE, bench_gpu.SD21_BASE_TEXT
+    unet, vae, text = gpu_bench.SD21_BASE_UNET, gpu_bench.SD21_BASE_VAE, gpu_bench.SD21_BASE_TEXT
     assert unet["block_out_channels"] == [320, 640, 1280, 1280]
     assert unet["attention_head_dim"] == [5, 10, 20, 20] and unet["cross_attention_dim"] == 1024
     assert unet["use_linear_projection"] and unet["sample_size"] == 64 and unet["layers_per_block"] == 2
@@ -27,6 +30,19 @@ def test_sd21_base_configs_are_the_real_architecture():
     assert (text["hidden_size"], text["num_hidden_layers"], text["num_attention_heads"]) == (1024, 23, 16)
     assert (text["intermediate_size"], text["hidden_act"], text["vocab_size"]) == (4096, "gelu", 49408)
     assert text["hidden_size"] == unet["cross_attention_dim"]
+
+
+@pytest.mark.parametrize("shading", ["albedo", "lambertian", "textureless"])
+def test_run_config_is_the_apps_config_with_every_step_in_the_chosen_shading(shading):
+    bench = gpu_bench.GPUBenchConfig(small=True, device="cpu", shading=shading, batch=2)
+    cfg = gpu_bench.run_config(bench, "nfsd")
+    assert cfg.guidance.kind == "nfsd" and cfg.guidance.scale == 7.5 and cfg.guidance.nfsd_t_threshold == 0
+    assert (cfg.camera.height, cfg.camera.width, cfg.train.batch_size) == (16, 16, 2)
+    assert cfg.background.kind == "mlp"  # configs/config.yaml's default, not the schema's
+    assert cfg.field.encoding.n_levels == 8 and cfg.grid.resolution == 32
+    g = torch.Generator().manual_seed(0)
+    assert {choose_shading(step, cfg.train, g) for step in range(20)} == {shading}
+    assert gpu_bench.run_config(bench, "sds").guidance.scale == 100.0
 
 
 def _run_bench(tmp_path: Path, *args: str, timeout: int = 120, gpu: bool = False) -> tuple[str, dict]:
@@ -47,6 +63,7 @@ def test_small_bench_runs_on_cpu_and_writes_json(tmp_path):
     env_info = result["environment"]
     assert env_info["config"] == "small" and env_info["device"] == "cpu" and env_info["render"] == 16
     assert env_info["prior_resolution"] == 32
+    assert env_info["step"] == "dreamnfsd.train.trainer.Trainer.train_step" and env_info["tuning"] == []
     assert set(result["methods"]) == {"nfsd", "sds"}
     for kind, batch in (("nfsd", 3), ("sds", 2)):
         m = result["methods"][kind]
@@ -54,6 +71,9 @@ def test_small_bench_runs_on_cpu_and_writes_json(tmp_path):
         for key in ("step_ms", "steps_per_s", "unet_in_step_ms", "unet_share", "step_over_unet"):
             assert math.isfinite(m[key]) and m[key] > 0, (kind, key, m[key])
         assert m["unet_share"] < 1.0  # the UNet call is part of the step
+        # The trainer's own phases: the step is Trainer.train_step, with the prior call inside the guidance phase.
+        assert set(m["phase_ms"]) == {*PHASES, PRIOR_CALL}, m["phase_ms"]
+        assert 0 < m["phase_ms"][PRIOR_CALL] <= m["phase_ms"]["guidance"]
         assert m["peak_memory_gb"] is None  # GPU memory only
         assert result["unet_alone"][str(batch)]["ms"] > 0
     assert result["targets_met"] == {}  # the targets are judged on a GPU only
@@ -61,7 +81,7 @@ def test_small_bench_runs_on_cpu_and_writes_json(tmp_path):
 
 @pytest.mark.cuda
 @pytest.mark.slow
-@pytest.mark.skipif(not bench_gpu.torch.cuda.is_available(), reason="needs a CUDA device (SD 2.1-base-sized bench)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (SD 2.1-base-sized bench)")
 def test_full_bench_meets_targets_on_gpu(tmp_path):
     """SD 2.1-base architecture at 64x64 on a real GPU: NFSD peak memory and step/UNet ratio within target."""
     _, result = _run_bench(tmp_path, "--steps", "10", "--device", "cuda", timeout=600, gpu=True)

@@ -14,10 +14,10 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from dreamnfsd.utils.requirements import requirements, tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
-sys.path.insert(0, str(ROOT / "scripts"))
-from pyproject_requirements import requirements, tomllib  # noqa: E402
 
 # Installed in the image but rightly absent from pyproject: build tooling, and tiny-cuda-nn (not on PyPI, built
 # from git; the package finds it at run time and falls back to torch without it).

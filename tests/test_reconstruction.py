@@ -1,6 +1,6 @@
 """End to end: fit the field to views of an analytic scene, check held-out PSNR, grid skipping and checkpoints.
 
-The target images come from exact ray-primitive intersection (tests/analytic_scene.py), never from the renderer.
+The target images come from exact ray-primitive intersection (dreamnfsd.data.analytic_scene), never from the renderer.
 """
 
 from __future__ import annotations
@@ -10,9 +10,17 @@ import time
 import pytest
 import torch
 
+from dreamnfsd.data.analytic_scene import (
+    FitConfig,
+    background,
+    fit,
+    held_out_views,
+    psnr,
+    reference_render,
+    training_views,
+)
 from dreamnfsd.models import Background, FieldConfig, HashEncodingConfig, NeRFField
 from dreamnfsd.rendering import OccupancyGrid, OccupancyGridConfig, RendererConfig, VolumeRenderer
-from tests.analytic_scene import FitConfig, background, fit, held_out_views, psnr, reference_render, training_views
 
 RES = 32
 N_VIEWS = 32

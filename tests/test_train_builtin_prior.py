@@ -1,50 +1,34 @@
-"""scripts/train_builtin_prior.py end to end at toy size: train, export, resume, and add the pose embedding late."""
+"""The built-in prior's training end to end at toy size: train, export, resume, and add the pose embedding late."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+from dataclasses import replace
 
 import torch
 
 from dreamnfsd.guidance.priors import PixelPrior
+from dreamnfsd.guidance.priors.builtin_training import PriorTrainConfig, train
 from dreamnfsd.guidance.priors.pixel import pose_harmonics
-from tests.conftest import REPO
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("train_builtin_prior", REPO / "scripts" / "train_builtin_prior.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+TOY = PriorTrainConfig(n_data=32, batch=4, threads=1, export_every=0)
 
 
 def test_train_export_resume_and_add_the_pose_embedding(tmp_path):
-    script = _script()
-    common = [
-        "--n-data",
-        "32",
-        "--batch",
-        "4",
-        "--threads",
-        "1",
-        "--work-dir",
-        str(tmp_path),
-        "--export-every",
-        "0",
-        "--out",
-        str(tmp_path / "prior"),
-    ]
+    common = replace(TOY, work_dir=tmp_path, out=tmp_path / "prior")
     with torch.random.fork_rng():
-        script.main([*common, "--steps", "2", "--pose-harmonics", "0"])
+        train(replace(common, steps=2, pose_harmonics=0))
         assert pose_harmonics(PixelPrior.from_pretrained(str(tmp_path / "prior")).unet) == 0
         before = torch.load(tmp_path / "prior_ckpt_seed0.pt", weights_only=False)
-        script.main([*common, "--steps", "3", "--resume"])  # default: a 4-harmonic pose embedding is added
+        train(replace(common, steps=3, resume=True))  # default: a 4-harmonic pose embedding is added
     after = torch.load(tmp_path / "prior_ckpt_seed0.pt", weights_only=False)
     assert before["step"] == 2 and after["step"] == 3 and after["pose_from_step"] == 2
     assert not any(k.startswith("class_embedding.") for k in before["unet"])
     assert after["unet"]["class_embedding.linear_1.weight"].shape == (128, 10)
     assert len(after["opt"]["param_groups"]) == 2 and after["opt"]["param_groups"][1]["lr_mult"] == 3.0
+    # The EMA (diffusers' EMAModel) resumed its count and took in the new embedding's 2 weights and 2 biases.
+    assert after["ema"]["optimization_step"] == 3 and after["ema"]["decay"] == 0.999
+    assert len(after["ema"]["shadow_params"]) == len(before["ema"]["shadow_params"]) + 4
     meta = json.loads((tmp_path / "prior" / "dreamnfsd_prior.json").read_text())
     assert meta["train_steps"] == 3 and meta["pose_from_step"] == 2 and meta["pose_harmonics"] == 4
     card = (tmp_path / "prior" / "README.md").read_text()  # one command per stage, the embedding off before step 2
@@ -55,27 +39,19 @@ def test_train_export_resume_and_add_the_pose_embedding(tmp_path):
 
 
 def test_init_from_an_export_continues_its_steps_and_records_the_size_change(tmp_path):
-    script = _script()
-    common = ["--n-data", "32", "--batch", "4", "--threads", "1", "--export-every", "0"]
     first, second = tmp_path / "first", tmp_path / "second"
     with torch.random.fork_rng():
-        script.main([*common, "--steps", "2", "--work-dir", str(first), "--out", str(first / "prior")])
-        script.main(
-            [
-                *common,
-                "--steps",
-                "4",
-                "--work-dir",
-                str(second),
-                "--out",
-                str(second / "prior"),
-                "--init-from",
-                str(first / "prior"),
-                "--scale-jitter",
-                "0",
-                "--ema",
-                "0.99",
-            ]
+        train(replace(TOY, steps=2, work_dir=first, out=first / "prior"))
+        train(
+            replace(
+                TOY,
+                steps=4,
+                work_dir=second,
+                out=second / "prior",
+                init_from=first / "prior",
+                scale_jitter=0.0,
+                ema=0.99,
+            )
         )
     assert (second / "prior_data_seed0_n32_jitter0.pt").exists()  # the jittered cache is not reused
     ck = torch.load(second / "prior_ckpt_seed0.pt", weights_only=False)
@@ -96,25 +72,11 @@ def test_init_from_an_export_continues_its_steps_and_records_the_size_change(tmp
 
 
 def test_a_second_restart_keeps_the_first_in_the_reproduce_chain(tmp_path):
-    script = _script()
-    common = ["--n-data", "32", "--batch", "4", "--threads", "1", "--export-every", "0"]
     dirs = [tmp_path / name for name in ("first", "second", "third")]
     with torch.random.fork_rng():
-        script.main([*common, "--steps", "2", "--work-dir", str(dirs[0]), "--out", str(dirs[0] / "prior")])
+        train(replace(TOY, steps=2, work_dir=dirs[0], out=dirs[0] / "prior"))
         for prev, cur, steps in ((dirs[0], dirs[1], 3), (dirs[1], dirs[2], 4)):
-            script.main(
-                [
-                    *common,
-                    "--steps",
-                    str(steps),
-                    "--work-dir",
-                    str(cur),
-                    "--out",
-                    str(cur / "prior"),
-                    "--init-from",
-                    str(prev / "prior"),
-                ]
-            )
+            train(replace(TOY, steps=steps, work_dir=cur, out=cur / "prior", init_from=prev / "prior"))
     meta = json.loads((dirs[2] / "prior" / "dreamnfsd_prior.json").read_text())
     assert meta["train_steps"] == 4 and meta["init_steps"] == [2, 3]
     card = (dirs[2] / "prior" / "README.md").read_text()

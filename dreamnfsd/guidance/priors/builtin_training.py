@@ -1,0 +1,612 @@
+"""Training of the built-in prior (:mod:`dreamnfsd.guidance.priors.builtin`) on procedural primitive renders.
+
+:func:`train` is a whole run: render (or load) the dataset, resume or start, step AdamW on a weighted epsilon MSE,
+keep an EMA of the weights (diffusers' ``EMAModel``), checkpoint, and export the EMA model with its model card.
+``scripts/train_builtin_prior.py`` is its command line.
+
+Options switched on part-way through a run (Min-SNR weighting, the cube weight, the pose embedding, the x0 weight,
+the object size, the EMA decay) are recorded with the step they took effect at (:class:`OptionHistory`), so the model
+card can give the commands that rebuild an export stage by stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers.training_utils import EMAModel, compute_snr
+from torch import Tensor
+
+from dreamnfsd.cameras import CameraBatch
+from dreamnfsd.data import SCALE_JITTER, SHAPES, make_cameras, make_dataset
+from dreamnfsd.guidance.priors.builtin import (
+    DEFAULT_DIR,
+    MAX_LENGTH,
+    POSE_HARMONICS,
+    VOCABULARY,
+    PriorComponents,
+    build_builtin_pipeline_components,
+    camera_mse,
+    load_components,
+    load_metadata,
+    predict_noise,
+    save_components,
+)
+from dreamnfsd.utils.errors import UserError
+from dreamnfsd.utils.files import atomic_output
+
+log = logging.getLogger(__name__)
+
+SCRIPT = "scripts/train_builtin_prior.py"  # what the model card's reproduce commands run
+
+
+@dataclass
+class PriorTrainConfig:
+    """Settings of one training run (the script's options; see its ``--help`` for why each default)."""
+
+    seed: int = 0
+    steps: int = 100_000  # stop after this many total optimiser steps
+    max_minutes: float = 130.0  # wall-clock budget, counted from the start of :func:`train`
+    batch: int = 64
+    lr: float = 3e-4
+    warmup: int = 300  # linear learning-rate warm-up steps (restarted by each ``init_from``)
+    ema: float = 0.999  # EMA decay
+    n_data: int = 50_000  # rendered training images
+    min_snr_gamma: float = 5.0  # Min-SNR weight min(snr, gamma) / snr of the epsilon loss; 0 disables
+    x0_weight_cap: float = 10.0  # also weight by clamp(1 / snr, 1, cap); 0 disables
+    cube_weight: float = 2.0  # sampling weight of cube images (the only azimuth-dependent shape)
+    pose_harmonics: int = POSE_HARMONICS  # azimuth harmonics of the UNet's pose embedding; 0: ray channels only
+    pose_lr_mult: float = 3.0  # learning-rate multiplier of the pose embedding
+    scale_jitter: float = SCALE_JITTER  # objects drawn at 1 +- this size
+    init_from: Path | None = None  # start from an exported prior folder's weights, with a fresh optimiser
+    camera_drop: float = 0.1  # fraction of images trained without camera (the text-only input)
+    caption_drop: float = 0.1  # fraction of images trained with the empty caption (classifier-free guidance)
+    threads: int = 2
+    work_dir: Path = Path("work_data")  # dataset cache, checkpoint and loss log
+    out: Path = DEFAULT_DIR  # exported model folder
+    resume: bool = False
+    checkpoint_minutes: float = 5.0
+    export_every: int = 500  # export the EMA model every N steps (0: only at the end)
+    log_every: int = 25
+
+
+@dataclass
+class OptionHistory:
+    """The step at which each option took its current value (0: from the start), as checkpoints and exports store
+    it (same key names)."""
+
+    min_snr_from_step: int = 0
+    cube_weight_from_step: int = 0
+    pose_from_step: int = 0
+    x0_weight_from_step: int = 0
+    scale_jitter_from_step: int = 0
+    ema_history: list[list] = field(default_factory=list)  # [step, decay] pairs
+    init_steps: list[int] = field(default_factory=list)  # steps at which training restarted from an export
+
+    @property
+    def warmup_from_step(self) -> int:
+        """Each restart from an export has a fresh optimiser, so the learning-rate warm-up starts again there."""
+        return self.init_steps[-1] if self.init_steps else 0
+
+
+# An option and the history key of the step it changed at, for restarts from an export (``init_from``).
+TRACKED_OPTIONS = {
+    "min_snr_gamma": "min_snr_from_step",
+    "cube_weight": "cube_weight_from_step",
+    "x0_weight_cap": "x0_weight_from_step",
+    "scale_jitter": "scale_jitter_from_step",
+}
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds. ``ema_model`` is a second copy of the components that receives the EMA
+    weights for exports and diagnostics; ``ema`` owns the averaged weights themselves."""
+
+    model: PriorComponents
+    ema_model: PriorComponents
+    ema: EMAModel
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    history: OptionHistory
+    step: int = 0
+    loss_avg: float = math.nan
+
+
+# --- parameters and state -------------------------------------------------------------------------------------------
+def split_params(components: PriorComponents) -> tuple[list, list]:
+    """(everything but the pose embedding, the pose embedding). Checkpoints from before the embedding hold only the
+    first list, in this order."""
+    named = list(components.unet.named_parameters())
+    base = [p for n, p in named if not n.startswith("class_embedding.")]
+    pose = [p for n, p in named if n.startswith("class_embedding.")]
+    return base + list(components.text_encoder.parameters()), pose
+
+
+def prior_parameters(components: PriorComponents) -> list:
+    """Every trained parameter, pose embedding last: the order of the EMA's shadow weights."""
+    base, pose = split_params(components)
+    return base + pose
+
+
+def make_ema(components: PriorComponents, decay: float, step: int = 0) -> EMAModel:
+    """An EMA of ``components``' weights. Its warm-up decay (1 + k) / (10 + k) counts from ``step``."""
+    ema = EMAModel(prior_parameters(components), decay=decay, foreach=True)
+    ema.optimization_step = step
+    return ema
+
+
+def fresh_state(cfg: PriorTrainConfig, pose_group: bool = True) -> TrainState:
+    """Newly initialised components (deterministic in ``cfg.seed``) and optimiser. ``pose_group=False`` leaves the
+    pose embedding out of the optimiser, for a resume that loads an optimiser state saved without it."""
+    model = build_builtin_pipeline_components(cfg.seed, cfg.pose_harmonics)
+    ema_model = copy.deepcopy(model)
+    for p in prior_parameters(ema_model):
+        p.requires_grad_(False)
+    base, pose = split_params(model)
+    optimizer = torch.optim.AdamW(base, lr=cfg.lr, weight_decay=0.01)
+    if pose and pose_group:
+        optimizer.add_param_group({"params": pose, "lr_mult": cfg.pose_lr_mult})
+    return TrainState(
+        model=model,
+        ema_model=ema_model,
+        ema=make_ema(model, cfg.ema),
+        optimizer=optimizer,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        history=OptionHistory(ema_history=[[0, cfg.ema]]),
+    )
+
+
+def init_steps(record: dict) -> list[int]:
+    """The steps at which training restarted from an export's weights (``init_from_step``: one restart, older)."""
+    if "init_steps" in record:
+        return list(record["init_steps"])
+    return [record["init_from_step"]] if record.get("init_from_step") else []
+
+
+def init_from_export(cfg: PriorTrainConfig, state: TrainState) -> None:
+    """Load the exported prior ``cfg.init_from`` into ``state`` and take over its option history and step; the
+    optimiser and random streams stay fresh. Raises :class:`UserError` if its pose embedding differs."""
+    meta = load_metadata(cfg.init_from)
+    if meta.get("pose_harmonics", 0) != cfg.pose_harmonics:
+        raise UserError(
+            f"--init-from: {cfg.init_from} has pose_harmonics={meta.get('pose_harmonics', 0)} — "
+            f"pass --pose-harmonics {meta.get('pose_harmonics', 0)}"
+        )
+    src = load_components(cfg.init_from)
+    for target in (state.model, state.ema_model):
+        target.unet.load_state_dict(src.unet.state_dict())
+        target.text_encoder.load_state_dict(src.text_encoder.state_dict())
+    step = meta["train_steps"]
+    history = OptionHistory(**{key: meta.get(key, 0) for key in (*TRACKED_OPTIONS.values(), "pose_from_step")})
+    for option, key in TRACKED_OPTIONS.items():
+        if getattr(cfg, option) != meta.get(option, SCALE_JITTER if option == "scale_jitter" else None):
+            setattr(history, key, step)
+    changed_ema = meta["ema_history"][-1][1] != cfg.ema
+    history.ema_history = meta["ema_history"] + ([[step, cfg.ema]] if changed_ema else [])
+    history.init_steps = [*init_steps(meta), step]
+    # The export is an EMA already: the average continues at full decay instead of warming up from it again.
+    state.ema = make_ema(state.model, cfg.ema, step)
+    state.history, state.step = history, step
+    log.info("initialised from %s (step %d); fresh optimiser", cfg.init_from, step)
+
+
+def _load_unet(unet: torch.nn.Module, weights: dict, adding_pose: bool) -> None:
+    missing, unexpected = unet.load_state_dict(weights, strict=not adding_pose)
+    assert not unexpected and all(k.startswith("class_embedding.") for k in missing), (missing, unexpected)
+
+
+def _load_ema(cfg: PriorTrainConfig, state: TrainState, ck: dict, adding_pose: bool) -> None:
+    _, pose = split_params(state.model)
+    if "ema" in ck:
+        saved = dict(ck["ema"])
+        # A newly added pose embedding's average starts from its (zero-output) initial weights.
+        extra = [p.detach().clone() for p in pose] if adding_pose else []
+        saved["shadow_params"] = [*saved["shadow_params"], *extra]
+        state.ema.load_state_dict(saved)
+    else:  # checkpoints from before EMAModel stored the averaged weights as module state dicts
+        _load_unet(state.ema_model.unet, ck["ema_unet"], adding_pose)
+        state.ema_model.text_encoder.load_state_dict(ck["ema_text_encoder"])
+        state.ema = make_ema(state.ema_model, cfg.ema, ck["step"])
+    state.ema.decay = cfg.ema  # the saved decay is the earlier stage's
+
+
+def resumed_history(cfg: PriorTrainConfig, ck: dict, adding_pose: bool) -> OptionHistory:
+    """The option history of checkpoint ``ck`` continued under ``cfg``. Checkpoints from before an option existed
+    trained without it: it took effect at the resume."""
+    step, old = ck["step"], ck["args"]
+
+    def since(key: str, option: str) -> int:
+        return ck.get(key, step if old.get(option) is None else 0)
+
+    history = OptionHistory(
+        min_snr_from_step=since("min_snr_from_step", "min_snr_gamma"),
+        cube_weight_from_step=since("cube_weight_from_step", "cube_weight"),
+        x0_weight_from_step=since("x0_weight_from_step", "x0_weight_cap"),
+        pose_from_step=step if adding_pose else ck.get("pose_from_step", 0),
+        scale_jitter_from_step=ck.get("scale_jitter_from_step", 0),
+        ema_history=list(ck.get("ema_history", [[0, old["ema"]]])),
+        init_steps=init_steps(ck),
+    )
+    if history.ema_history[-1][1] != cfg.ema:
+        history.ema_history.append([step, cfg.ema])
+    if cfg.scale_jitter != old.get("scale_jitter", SCALE_JITTER):
+        history.scale_jitter_from_step = step
+    return history
+
+
+def resume_state(cfg: PriorTrainConfig, ck: dict) -> TrainState:
+    """The training state of checkpoint ``ck``. A checkpoint from before the pose embedding lacks exactly its
+    weights: they keep their zero-output init and join the optimiser as a new group."""
+    state = fresh_state(cfg, pose_group=False)
+    _, pose = split_params(state.model)
+    adding_pose = bool(pose) and not any(k.startswith("class_embedding.") for k in ck["unet"])
+    _load_unet(state.model.unet, ck["unet"], adding_pose)
+    state.model.text_encoder.load_state_dict(ck["text_encoder"])
+    _load_ema(cfg, state, ck, adding_pose)
+    group = {"params": pose, "lr_mult": cfg.pose_lr_mult}
+    if adding_pose:
+        state.optimizer.load_state_dict(ck["opt"])
+        state.optimizer.add_param_group(group)
+    else:
+        if pose:
+            state.optimizer.add_param_group(group)
+        state.optimizer.load_state_dict(ck["opt"])
+    state.generator.set_state(ck["generator"])
+    torch.set_rng_state(ck["torch_rng"])
+    state.step, state.loss_avg = ck["step"], ck["loss_avg"]
+    state.history = resumed_history(cfg, ck, adding_pose)
+    log.info("resumed at step %d%s", state.step, " (pose embedding added)" if adding_pose else "")
+    return state
+
+
+def checkpoint_path(cfg: PriorTrainConfig) -> Path:
+    return cfg.work_dir / f"prior_ckpt_seed{cfg.seed}.pt"
+
+
+def config_record(cfg: PriorTrainConfig) -> dict:
+    """``cfg`` as plain values, as checkpoints store it."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def save_checkpoint(cfg: PriorTrainConfig, state: TrainState) -> None:
+    """Write the whole training state (weights, EMA, optimiser, random streams, option history) crash-safely."""
+    ck = {
+        "unet": state.model.unet.state_dict(),
+        "text_encoder": state.model.text_encoder.state_dict(),
+        "ema": state.ema.state_dict(),
+        "opt": state.optimizer.state_dict(),
+        "generator": state.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "step": state.step,
+        "loss_avg": state.loss_avg,
+        "args": config_record(cfg),
+        **dataclasses.asdict(state.history),
+    }
+    with atomic_output(checkpoint_path(cfg), "the previous checkpoint is intact") as tmp:
+        torch.save(ck, tmp)
+
+
+def load_or_start(cfg: PriorTrainConfig) -> TrainState:
+    """Resume from the work folder's checkpoint (with ``cfg.resume``), else start fresh or from ``cfg.init_from``."""
+    path = checkpoint_path(cfg)
+    if cfg.resume and path.exists():
+        log.info("resuming from %s", path)
+        return resume_state(cfg, torch.load(path, weights_only=False))
+    state = fresh_state(cfg)
+    if cfg.init_from is not None:
+        init_from_export(cfg, state)
+    return state
+
+
+# --- data and loss --------------------------------------------------------------------------------------------------
+def dataset_cache_path(cfg: PriorTrainConfig) -> Path:
+    jitter = "" if cfg.scale_jitter == SCALE_JITTER else f"_jitter{cfg.scale_jitter:g}"
+    return cfg.work_dir / f"prior_data_seed{cfg.seed}_n{cfg.n_data}{jitter}.pt"
+
+
+def load_data(cfg: PriorTrainConfig, tokenizer) -> dict:
+    """The rendered dataset (cached in the work folder) with captions tokenised: ``input_ids`` (N, MAX_LENGTH),
+    ``empty_ids`` (1, MAX_LENGTH) for the dropped caption."""
+    cache = dataset_cache_path(cfg)
+    if cache.exists():
+        data = torch.load(cache)
+    else:
+        t0 = time.time()
+        data = make_dataset(cfg.n_data, seed=cfg.seed + 1000, progress=False, scale_jitter=cfg.scale_jitter)
+        log.info("rendered %d images in %.0fs", cfg.n_data, time.time() - t0)
+        with atomic_output(cache) as tmp:
+            torch.save(data, tmp)
+    data["input_ids"] = tokenizer(
+        data["captions"], padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids
+    data["empty_ids"] = tokenizer([""], padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
+    return data
+
+
+def sampling_weights(shape_idx: Tensor, cube_weight: float) -> Tensor:
+    """Per-image sampling weights (N,) from shape indices (N,): cubes carry nearly all of the azimuth signal."""
+    return 1.0 + (cube_weight - 1.0) * (shape_idx == SHAPES.index("cube")).float()
+
+
+def make_batch(
+    data: dict, idx: Tensor, cfg: PriorTrainConfig, g: torch.Generator
+) -> tuple[Tensor, Tensor, CameraBatch, Tensor]:
+    """Images (B, 3, 32, 32) in [-1, 1], token ids (B, L) with caption dropout, cameras, and keep-camera flags (B,)
+    of 0/1 (0: the image trains the "no camera" input)."""
+    b = idx.shape[0]
+    x0 = data["rgb"][idx].float() / 127.5 - 1.0
+    ids = data["input_ids"][idx].clone()
+    drop_text = torch.rand(b, generator=g) < cfg.caption_drop
+    ids[drop_text] = data["empty_ids"][0]
+    camera = make_cameras(data["azimuth"][idx], data["elevation"][idx], x0.shape[-1])
+    keep_cam = (torch.rand(b, generator=g) >= cfg.camera_drop).float()
+    return x0, ids, camera, keep_cam
+
+
+def loss_weights(snr: Tensor, min_snr_gamma: float, x0_weight_cap: float) -> Tensor:
+    """Per-image weights (B,) of the epsilon MSE at signal-to-noise ratios ``snr`` (B,).
+
+    Min-SNR-gamma (Hang et al. 2023), min(snr, gamma) / snr: the plain loss is dominated by small t, leaving the
+    large-t predictions that set an image's mean colour poorly trained. Then clamp(1 / snr, 1, cap): the epsilon
+    loss scales x0 errors by snr, so at large t, where outline and orientation are decided and the camera is the only
+    clue to them, it barely asked for them. Either is off at 0.
+    """
+    w = torch.ones_like(snr)
+    if min_snr_gamma > 0:
+        w = w * snr.clamp(max=min_snr_gamma) / snr
+    if x0_weight_cap > 0:
+        w = w * snr.reciprocal().clamp(1.0, x0_weight_cap)
+    return w
+
+
+def diffusion_loss(
+    model: PriorComponents,
+    x0: Tensor,
+    ids: Tensor,
+    camera: CameraBatch,
+    keep_cam: Tensor,
+    noise: Tensor,
+    t: Tensor,
+    cfg: PriorTrainConfig,
+) -> Tensor:
+    """The weighted epsilon MSE (scalar) of clean images x0 (B, 3, H, W) noised with ``noise`` at timesteps t (B,)."""
+    noisy = model.scheduler.add_noise(x0, noise, t)
+    text_emb = model.text_encoder(ids).last_hidden_state
+    eps = predict_noise(model.unet, noisy, t, text_emb, camera, keep_cam)
+    per_image = (eps - noise).square().mean(dim=(1, 2, 3))
+    weights = loss_weights(compute_snr(model.scheduler, t), cfg.min_snr_gamma, cfg.x0_weight_cap)
+    return (per_image * weights).mean()
+
+
+def learning_rate(cfg: PriorTrainConfig, step: int, warmup_from: int) -> float:
+    return cfg.lr * min(1.0, (step - warmup_from + 1) / cfg.warmup)
+
+
+def train_step(cfg: PriorTrainConfig, state: TrainState, data: dict, weights: Tensor) -> float:
+    """One optimiser step and EMA update on a fresh batch; returns the learning rate used."""
+    model, g = state.model, state.generator
+    lr = learning_rate(cfg, state.step, state.history.warmup_from_step)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+    idx = torch.multinomial(weights, cfg.batch, replacement=True, generator=g)
+    x0, ids, camera, keep_cam = make_batch(data, idx, cfg, g)
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(model.scheduler.config.num_train_timesteps, (cfg.batch,), generator=g)
+    loss = diffusion_loss(model, x0, ids, camera, keep_cam, noise, t, cfg)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = prior_parameters(model)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    state.optimizer.step()
+    state.ema.step(params)
+    state.step += 1
+    value = loss.item()
+    state.loss_avg = value if math.isnan(state.loss_avg) else 0.98 * state.loss_avg + 0.02 * value
+    return lr
+
+
+# --- the run --------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[threading.Event]:
+    """An event that SIGTERM (plain ``kill PID``) sets, so the loop can end with a checkpoint and an export; the
+    previous handler is restored on exit."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def camera_diagnostic(components: PriorComponents) -> str:
+    components.unet.eval()
+    true, yawed = camera_mse(components, 0.0), camera_mse(components, 45.0)
+    components.unet.train()
+    return f"camera MSE true {true:.5f} yawed-45 {yawed:.5f} ratio {yawed / true:.3f}"
+
+
+def train(cfg: PriorTrainConfig) -> TrainState:
+    """Train until ``cfg.steps``, the time budget or SIGTERM; checkpoint every ``cfg.checkpoint_minutes`` and at
+    the end, export the EMA model to ``cfg.out``. With ``cfg.steps`` at or below the resumed step, only exports."""
+    start = time.time()
+    torch.set_num_threads(cfg.threads)
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    state = load_or_start(cfg)
+    if cfg.steps <= state.step:
+        export(cfg, state)
+        log.info("exported step %d to %s", state.step, cfg.out)
+        return state
+
+    data = load_data(cfg, state.model.tokenizer)
+    weights = sampling_weights(data["shape_idx"], cfg.cube_weight)
+    n_params = sum(p.numel() for p in prior_parameters(state.model))
+    log.info("training %.2fM params on %d images, from step %d", n_params / 1e6, data["rgb"].shape[0], state.step)
+    state.model.unet.train()
+    state.model.text_encoder.train()
+    last_ckpt, t_log, step_log = time.time(), time.time(), state.step
+    log_path = cfg.work_dir / f"prior_loss_seed{cfg.seed}.csv"
+    with stop_on_sigterm() as stop, log_path.open("a") as csv:
+        if state.step == 0:
+            csv.write("step,loss,lr,elapsed_s,steps_per_s\n")
+        while state.step < cfg.steps and (time.time() - start) / 60 < cfg.max_minutes and not stop.is_set():
+            lr = train_step(cfg, state, data, weights)
+            step = state.step
+            if step % cfg.log_every == 0:
+                rate = (step - step_log) / (time.time() - t_log)
+                t_log, step_log = time.time(), step
+                elapsed = time.time() - start
+                csv.write(f"{step},{state.loss_avg:.5f},{lr:.2e},{elapsed:.0f},{rate:.3f}\n")
+                csv.flush()
+                log.info("step %d loss %.4f lr %.1e %.2f it/s %.1f min", step, state.loss_avg, lr, rate, elapsed / 60)
+            if time.time() - last_ckpt > 60 * cfg.checkpoint_minutes:
+                save_checkpoint(cfg, state)
+                last_ckpt = time.time()
+            if cfg.export_every and step % cfg.export_every == 0:
+                export(cfg, state)
+                log.info("exported step %d to %s; EMA %s", step, cfg.out, camera_diagnostic(state.ema_model))
+        save_checkpoint(cfg, state)
+        export(cfg, state)
+    log.info("done: step %d loss %.4f; exported to %s", state.step, state.loss_avg, cfg.out)
+    return state
+
+
+# --- export and model card ------------------------------------------------------------------------------------------
+def export_metadata(cfg: PriorTrainConfig, state: TrainState) -> dict:
+    h = state.history
+    return {
+        "train_steps": state.step,
+        "final_loss": round(state.loss_avg, 5),
+        "seed": cfg.seed,
+        "ema_decay": cfg.ema,
+        "ema_history": h.ema_history,
+        "batch_size": cfg.batch,
+        "n_train_images": cfg.n_data,
+        "min_snr_gamma": cfg.min_snr_gamma,
+        "min_snr_from_step": h.min_snr_from_step,
+        "cube_weight": cfg.cube_weight,
+        "cube_weight_from_step": h.cube_weight_from_step,
+        "pose_harmonics": cfg.pose_harmonics,
+        "pose_from_step": h.pose_from_step,
+        "x0_weight_cap": cfg.x0_weight_cap,
+        "x0_weight_from_step": h.x0_weight_from_step,
+        "scale_jitter": cfg.scale_jitter,
+        "scale_jitter_from_step": h.scale_jitter_from_step,
+        "init_steps": h.init_steps,
+        "loss_note": "final_loss is the running mean of the (Min-SNR weighted) epsilon MSE",
+    }
+
+
+def export(cfg: PriorTrainConfig, state: TrainState) -> None:
+    """Write the EMA model and its model card to ``cfg.out``: built in a sibling folder and swapped in by renames,
+    so a complete export is always on disk."""
+    state.ema.copy_to(prior_parameters(state.ema_model))
+    meta = export_metadata(cfg, state)
+    tmp = cfg.out.with_name(cfg.out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_components(state.ema_model, tmp, meta)
+    (tmp / "README.md").write_text(model_card(meta))
+    old = cfg.out.with_name(cfg.out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if cfg.out.exists():
+        os.replace(cfg.out, old)
+    os.replace(tmp, cfg.out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def model_card(meta: dict) -> str:
+    """The exported folder's README.md, from its metadata."""
+    return f"""# dreamnfsd built-in prior
+
+A small camera-aware text-to-image diffusion model, trained from scratch on procedural renders of single primitives
+on a white background. Pixel space (no VAE), 32x32 RGB in [-1, 1], epsilon prediction, DDPM schedule
+`squaredcos_cap_v2` with 1000 steps. Weights are float32 safetensors.
+
+- UNet input: 6 channels = 3 noisy RGB + 3 per-pixel world ray directions
+  (`dreamnfsd.cameras.ray_direction_channels`; zeros = no camera, used for 10% of training images).
+- Camera pose embedding: `dreamnfsd.cameras.camera_pose_features` (sin/cos of k*azimuth for
+  k = 1..{meta["pose_harmonics"]}, sin/cos elevation) through diffusers' `class_embed_type="projection"`, added to
+  the timestep embedding; zeroed with the ray channels when the camera is dropped. Added (zero-initialised) at
+  step {meta["pose_from_step"]}.
+- Cameras: distance 3, vertical fov 40 degrees, azimuth 0-360, elevation -10 to 45 degrees, z-up world.
+  The cube is axis-aligned and cylinder, cone and torus stand along z, so the prior knows their orientation.
+- Text: captions "a <colour> <shape>", 10% dropped to "" for classifier-free guidance; about 15% of images are
+  degraded and captioned with words of the NFSD negative prompt.
+- Vocabulary: {" ".join(VOCABULARY)}
+- Training: {meta["train_steps"]} steps at batch {meta["batch_size"]}, {meta["n_train_images"]} rendered images,
+  AdamW, EMA of the weights (the export; decay from step: {", ".join(f"{d} from {s}" for s, d in meta["ema_history"])}),
+  seed {meta["seed"]}; final loss {meta["final_loss"]}.
+- Loss: epsilon MSE with Min-SNR-{meta["min_snr_gamma"]} weighting from step {meta["min_snr_from_step"]} (the plain
+  MSE before it), and from step {meta["x0_weight_from_step"]} also times clamp(1/snr, 1, {meta["x0_weight_cap"]})
+  (x0-space weight at large t); the final loss above is the running mean of the weighted loss.
+- Cube images drawn with weight {meta["cube_weight"]} from step {meta["cube_weight_from_step"]} (uniform before): the
+  cube carries the azimuth signal.
+- Object size: 1 ± {meta["scale_jitter"]} of the canonical primitive from step {meta["scale_jitter_from_step"]}
+  (1 ± {SCALE_JITTER} before).{init_note(meta)}
+
+Reproduce (each option above switched on at its step, so one command per stage; a stage may be stopped and resumed
+at any step, since the checkpoint holds the optimiser and random states):
+
+{reproduce_commands(meta)}
+
+Load: `dreamnfsd.guidance.priors.builtin.load_components(folder)`; sample with `builtin.sample(...)`.
+"""
+
+
+def init_note(meta: dict) -> str:
+    inits = init_steps(meta)
+    if not inits:
+        return ""
+    ends = [*inits[1:], meta["train_steps"]]
+    spans = "; ".join(f"steps {s + 1}-{e} from the step-{s} export" for s, e in zip(inits, ends))
+    return (
+        f"\n- Continued from exported weights with a fresh optimiser ({spans}; those training checkpoints were "
+        "not kept), so the chain below restarts there with `--init-from`."
+    )
+
+
+def reproduce_commands(meta: dict) -> str:
+    """The stage-by-stage commands that rebuild an export from its recorded option history."""
+    off = {  # option: (the step it took effect, its value before, its value after)
+        "--min-snr-gamma": (meta["min_snr_from_step"], 0, meta["min_snr_gamma"]),
+        "--cube-weight": (meta["cube_weight_from_step"], 1, meta["cube_weight"]),
+        "--pose-harmonics": (meta["pose_from_step"], 0, meta["pose_harmonics"]),
+        "--x0-weight-cap": (meta["x0_weight_from_step"], 0, meta["x0_weight_cap"]),
+        "--scale-jitter": (meta.get("scale_jitter_from_step", 0), SCALE_JITTER, meta.get("scale_jitter", SCALE_JITTER)),
+    }
+    inits = init_steps(meta)
+    ema = {s: d for s, d in meta["ema_history"]}
+    stops = sorted(
+        {s for s, _, _ in off.values() if s > 0} | {s for s in ema if s > 0} | set(inits) | {meta["train_steps"]}
+    )
+    lines, start = [], 0
+    for stop in stops:
+        opts = [f"{k} {after if start >= s else before}" for k, (s, before, after) in off.items()]
+        if opts[-1] == f"--scale-jitter {SCALE_JITTER}":
+            opts.pop()  # the default: keeps the commands of exports from before the option unchanged
+        decay = [d for s, d in meta["ema_history"] if s <= start][-1]
+        since = [s for s in inits if s <= start]  # the restart this stage's work dir belongs to
+        if start == 0:
+            how = ""
+        elif start in inits:
+            how = f" --init-from work_data/prior_step{start} --work-dir work_data/from_step{start}"
+        else:
+            how = " --resume" + (f" --work-dir work_data/from_step{since[-1]}" if since else "")
+        out = f" --out work_data/prior_step{stop}" if stop in inits else ""
+        lines.append(
+            f"    python {SCRIPT} --seed {meta['seed']}{how} --steps {stop} {' '.join(opts)} --ema {decay}{out}"
+        )
+        start = stop
+    return "\n".join(lines)

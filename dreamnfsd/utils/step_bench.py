@@ -1,0 +1,122 @@
+"""Where the product's training step spends its time: the real :class:`~dreamnfsd.train.trainer.Trainer`, its
+:class:`~dreamnfsd.utils.timing.PhaseTimer`, and the prior call inside the guidance phase.
+
+Used by ``scripts/bench_step.py`` (the CPU preset with the built-in prior) and by the GPU benchmark
+(:mod:`dreamnfsd.utils.gpu_bench`). Absolute times on a shared machine are noise; the shares are the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from dreamnfsd.utils.benchmarking import format_table, sync
+from dreamnfsd.utils.timing import PhaseTimer
+
+PHASES = ("render", "guidance", "backward", "optimizer", "occupancy")  # Trainer.train_step's timer names
+PRIOR_CALL = "prior call"  # the noise prediction, timed inside "guidance"
+
+
+def compose_run_config(overrides: list[str]):
+    """The app's config (``configs/``, as the CLI composes it) with ``overrides``, as a typed ``RunConfig``."""
+    from dreamnfsd.cli import config_dir
+    from dreamnfsd.train.preflight import compose, to_run_config
+
+    return to_run_config(compose(overrides, config_dir()))
+
+
+@contextlib.contextmanager
+def timed_prior(prior, timer: PhaseTimer) -> Iterator[None]:
+    """Route ``prior.predict_noise`` through ``timer`` under :data:`PRIOR_CALL` inside the block; whatever was
+    there before (the method, or another wrapper) is put back afterwards."""
+    had_wrapper = "predict_noise" in vars(prior)
+    predict = prior.predict_noise
+
+    def wrapped(*args, **kwargs):
+        with timer(PRIOR_CALL):
+            return predict(*args, **kwargs)
+
+    prior.predict_noise = wrapped
+    try:
+        yield
+    finally:
+        if had_wrapper:
+            prior.predict_noise = predict
+        else:
+            del prior.predict_noise  # the instance attribute; the class method shows through again
+
+
+def phase_breakdown(trainer, steps: int, warmup: int = 0) -> dict:
+    """Run ``warmup`` untimed then ``steps`` timed ``trainer.train_step()`` calls with the phase timer on.
+
+    Returns the wall-clock ``step_ms``, ``phase_ms`` (ms per step of each phase and of the prior call), and the
+    shares of the prior call and of render + backward in the step. The timer synchronises CUDA at phase edges, so on
+    a GPU the step is a little slower than untimed.
+    """
+    timer = trainer.timer
+    with timed_prior(trainer.prior, timer):
+        for _ in range(warmup):
+            trainer.train_step()
+        timer.reset()
+        timer.enabled = True
+        sync(trainer.device)
+        start = time.perf_counter()
+        try:
+            for _ in range(steps):
+                trainer.train_step()
+            sync(trainer.device)
+        finally:
+            timer.enabled = False
+    step_ms = 1000 * (time.perf_counter() - start) / steps
+    per_step = {k: 1000 * v / steps for k, v in timer.seconds.items()}
+    prior_ms = per_step.get(PRIOR_CALL, 0.0)
+    render_backward_ms = per_step.get("render", 0.0) + per_step.get("backward", 0.0)
+    return {
+        "steps": steps,
+        "step_ms": step_ms,
+        "phase_ms": per_step,
+        "prior_call_share": prior_ms / step_ms,
+        "render_plus_backward_share": render_backward_ms / step_ms,
+        "prior_to_render_backward_ratio": prior_ms / render_backward_ms if render_backward_ms else None,
+    }
+
+
+def cpu_preset_breakdown(overrides: list[str], steps: int, warmup: int, prior_folder: str | None = None) -> dict:
+    """:func:`phase_breakdown` of the CPU preset (``prior=builtin``, lit from the first step) with ``overrides``;
+    ``prior_folder``: a pixel prior folder instead of the built-in one."""
+    from dreamnfsd.guidance.priors import load_prior
+    from dreamnfsd.train.trainer import Trainer
+
+    overrides = ["prompt=a red cube", "prior=builtin", "train.shading_warmup_steps=0", *overrides]
+    if prior_folder:
+        overrides += ["prior.kind=pixel", f"prior.model={prior_folder}"]
+    cfg = compose_run_config(overrides)
+    prior = load_prior(cfg.prior, "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp), torch.device("cpu"), prior)
+        result = phase_breakdown(trainer, steps, warmup)
+    config = {
+        "camera": f"{cfg.camera.height}x{cfg.camera.width}",
+        "batch_size": cfg.train.batch_size,
+        "guidance": cfg.guidance.kind,
+        "prior": cfg.prior.kind,
+        "threads": torch.get_num_threads(),
+    }
+    return {"config": config, **result}
+
+
+def breakdown_table(result: dict) -> str:
+    """The phases of :func:`phase_breakdown`'s result in step order, ms per step and share of the step."""
+    per_step, step_ms = result["phase_ms"], result["step_ms"]
+    rows = []
+    for name in (*PHASES[:2], f"  of which {PRIOR_CALL}", *PHASES[2:]):
+        key = name.strip().removeprefix("of which ")
+        if key in per_step:
+            rows.append((name, per_step[key], per_step[key] / step_ms))
+    rows.append(("step (wall)", step_ms, 1.0))
+    return format_table([("phase", "<24"), ("ms/step", ">10.1f"), ("share", ">9.1%")], rows)
