@@ -7,6 +7,7 @@ composition. :func:`validate` then checks meaning (positive sizes, ordered range
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class RunConfig:
     output_root: str = "outputs"
     output_dir: str | None = None  # default: <output_root>/<prompt-slug>/<timestamp>
     resume: str | None = None  # a run folder or a checkpoint file
+    logger: str = "jsonl"  # jsonl (metrics.jsonl in the run folder) | tensorboard (that too, and TensorBoard events)
     prior: PriorConfig = _default(default_factory=PriorConfig)
     guidance: GuidanceConfig = _default(default_factory=GuidanceConfig)
     field: FieldConfig = _default(default_factory=FieldConfig)
@@ -132,6 +134,12 @@ def validate(cfg: RunConfig) -> None:
         isinstance(cfg.prompt, str) and cfg.prompt.strip() != "" and cfg.prompt != "???",
         "prompt",
         'is empty; pass one, e.g. prompt="a red cube"',
+    )
+    _require(cfg.logger in ("jsonl", "tensorboard"), "logger", f"must be jsonl or tensorboard, got {cfg.logger!r}")
+    _require(
+        cfg.logger != "tensorboard" or importlib.util.find_spec("tensorboard") is not None,
+        "logger",
+        "tensorboard needs the tensorboard package: pip install tensorboard (or use logger=jsonl)",
     )
     _require(
         isinstance(cfg.device, str) and bool(_DEVICE.match(cfg.device)),

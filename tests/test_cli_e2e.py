@@ -18,13 +18,14 @@ def _only_run_dir(root: Path) -> Path:
     return runs[0]
 
 
-@pytest.mark.parametrize("guidance", ["nfsd", "sds"])
-def test_cli_writes_every_output_and_resumes(tmp_path, tiny_pixel_prior, guidance):
+@pytest.mark.parametrize("guidance, field", [("nfsd", "density"), ("sds", "density"), ("nfsd", "sdf")])
+def test_cli_writes_every_output_and_resumes(tmp_path, tiny_pixel_prior, guidance, field):
     import trimesh
 
     args = [
         "prompt=a red cube",
         f"guidance={guidance}",
+        f"field={field}",
         *tiny_run_overrides(tiny_pixel_prior, tmp_path),
         "train.steps=10",
         "train.ckpt_every=5",
@@ -43,7 +44,9 @@ def test_cli_writes_every_output_and_resumes(tmp_path, tiny_pixel_prior, guidanc
         "mesh.glb",
         "turntable.mp4",
         "turntable_rgb_normal_opacity.mp4",
+        "turntable_albedo.mp4",
         "run.json",
+        "metrics.jsonl",
     ):
         assert (run_dir / name).is_file(), name
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000005.pt", "step_000010.pt"]
@@ -52,7 +55,8 @@ def test_cli_writes_every_output_and_resumes(tmp_path, tiny_pixel_prior, guidanc
 
     mesh = trimesh.load(run_dir / "mesh.obj", force="mesh")
     assert len(mesh.faces) > 0 and len(mesh.vertices) > 0
-    assert mesh.is_watertight
+    assert mesh.is_watertight and mesh.volume > 0  # wound outwards
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [10]
     assert len(trimesh.load(run_dir / "mesh.glb", force="mesh").faces) == len(mesh.faces)
     frames = _read_frames(run_dir / "turntable.mp4")
     assert frames.shape[0] == 6 and frames.shape[1:3] == (24, 24)
@@ -72,6 +76,7 @@ def test_cli_writes_every_output_and_resumes(tmp_path, tiny_pixel_prior, guidanc
             "train.ckpt_every=5",
             "train.val_every=5",
             f"guidance={guidance}",
+            f"field={field}",
         ]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -80,6 +85,21 @@ def test_cli_writes_every_output_and_resumes(tmp_path, tiny_pixel_prior, guidanc
     assert (run_dir / "checkpoints" / "step_000015.pt").is_file()
     assert (run_dir / "mesh.obj").read_bytes() == mesh_before
     assert list((run_dir / "exports").glob("step000015-*/mesh.obj"))
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [10, 15]
+
+
+def test_shipped_builtin_geometry_exports_one_positive_volume_shell(tmp_path):
+    """The main job's preset in small form: the built-in prior's SDF run exports one outward solid."""
+    import trimesh
+
+    args = ["prompt=a red cube", "prior=builtin", f"output_root={tmp_path}", "train.steps=40", "train.val_every=0"]
+    args += ["train.ckpt_every=0", "export.video_frames=4", "export.video_resolution=32", "export.mesh_resolution=64"]
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = _only_run_dir(tmp_path)
+    mesh = trimesh.load(run_dir / "mesh.ply", force="mesh")
+    assert mesh.is_watertight and mesh.volume > 0.1 and len(mesh.split(only_watertight=False)) == 1
+    assert mesh.vertex_normals.shape == mesh.vertices.shape
 
 
 def _read_frames(path: Path):

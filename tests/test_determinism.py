@@ -50,6 +50,7 @@ RUN_ARGS = [
     "grid.warmup_steps=3",
     "grid.update_every=3",
     "export.video=false",
+    "train.log_every=1",
 ]
 RUN_DEPENDENT = ("wall_time",)
 CONFIG_RUN_DEPENDENT = ("output_dir", "resume", "output_root")
@@ -118,9 +119,17 @@ def final_state(run: Path) -> dict:
     return state
 
 
+def logged_metrics(run: Path) -> list[dict]:
+    """metrics.jsonl's records without the wall-clock speed; every line must parse."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in records]
+
+
 def test_two_straight_runs_are_bit_identical(straight_runs):
     a, b = straight_runs
     assert_same_state(final_state(a), final_state(b))
+    assert logged_metrics(a) == logged_metrics(b)
     for name in ("mesh.obj", "mesh.ply", "mesh.glb", f"validation/step_{STEPS:06d}.png"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
@@ -224,4 +233,8 @@ def test_killed_and_resumed_run_matches_a_straight_run(straight_runs, tiny_pixel
     assert (run / "mesh.obj").read_bytes() == (straight / "mesh.obj").read_bytes()
     image = f"validation/step_{STEPS:06d}.png"
     assert (run / image).read_bytes() == (straight / image).read_bytes()
+    # metrics.jsonl: every step exactly once, as the straight run logged it (speed aside), despite the kills.
+    logged, reference = logged_metrics(run), logged_metrics(straight)
+    assert [r["step"] for r in logged] == list(range(1, STEPS + 1))
+    assert logged == reference
     print("interruptions (signal, exit code, newest checkpoint step):", events)

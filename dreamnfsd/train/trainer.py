@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from dreamnfsd.cameras import CameraBatch, RandomCameraSampler, turntable_cameras
-from dreamnfsd.export.video import normals_to_rgb, write_image
+from dreamnfsd.export.video import normals_to_rgb, to_uint8, write_image
 from dreamnfsd.guidance import Guidance
 from dreamnfsd.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from dreamnfsd.train.metrics_log import MetricsLog
 from dreamnfsd.train.regularizers import opacity_entropy, opacity_sparsity
 from dreamnfsd.train.scene import Scene, build_scene
 from dreamnfsd.train.shading import choose_shading, jittered_backgrounds, light_positions
@@ -35,6 +36,8 @@ class StepResult:
     loss: torch.Tensor  # scalar, detached
     t_mean: torch.Tensor  # scalar, detached
     finite: bool
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # the loss's parts, unweighted, detached
+    grad_norm: torch.Tensor | None = None  # on logged steps
 
 
 def render_views(
@@ -92,6 +95,8 @@ class Trainer:
         self.rollbacks = 0
         self.wall_time = 0.0
         self.timer = PhaseTimer(enabled=False)  # scripts/bench_step.py turns it on
+        self.metrics = MetricsLog(self.run_dir, tensorboard=cfg.logger == "tensorboard")
+        self._log_mark = (0, 0.0)  # (step, wall time) at the last logged step, for steps/s
         self.val_cameras = turntable_cameras(
             max(cfg.train.val_views, 1),
             elevation_deg=15.0,
@@ -133,6 +138,8 @@ class Trainer:
         self.rollbacks = int(state["rollbacks"])
         self.wall_time = float(state["wall_time"])
         self._apply_lr()
+        self.metrics.rewind(self.step)
+        self._log_mark = (self.step, self.wall_time)
 
     def save(self) -> Path:
         return save_checkpoint(self.state_dict(), self.run_dir, self.step)
@@ -176,19 +183,20 @@ class Trainer:
         with timer("guidance"):
             z = self.prior.to_model_space(out["rgb"].float().permute(0, 3, 1, 2))  # (B, 3, H, W) -> model space
             g = self.guidance.step(z, cams, self.generator, progress)
-            loss = g.loss
+            terms, weights = {"guidance": g.loss}, {"guidance": 1.0}
             if tc.lambda_entropy > 0:
-                loss = loss + tc.lambda_entropy * opacity_entropy(out["opacity"])
+                terms["entropy"], weights["entropy"] = opacity_entropy(out["opacity"]), tc.lambda_entropy
             if tc.lambda_sparsity > 0:
-                loss = loss + tc.lambda_sparsity * opacity_sparsity(out["opacity"])
-            if tc.lambda_distortion > 0:
-                loss = loss + tc.lambda_distortion * out["distortion_loss"]
-            if tc.lambda_orientation > 0 and "orientation_loss" in out:
-                loss = loss + tc.lambda_orientation * out["orientation_loss"]
-            if tc.lambda_eikonal > 0 and "eikonal_loss" in out:
-                loss = loss + tc.lambda_eikonal * out["eikonal_loss"]
-            if tc.lambda_curvature > 0 and "curvature_loss" in out:
-                loss = loss + curvature_weight(tc, progress) * out["curvature_loss"]
+                terms["sparsity"], weights["sparsity"] = opacity_sparsity(out["opacity"]), tc.lambda_sparsity
+            for name, weight in (
+                ("distortion", tc.lambda_distortion),
+                ("orientation", tc.lambda_orientation),
+                ("eikonal", tc.lambda_eikonal),
+                ("curvature", curvature_weight(tc, progress)),
+            ):
+                if weight > 0 and f"{name}_loss" in out:
+                    terms[name], weights[name] = out[f"{name}_loss"], weight
+            loss = sum(weights[k] * v for k, v in terms.items())
         with timer("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -198,12 +206,15 @@ class Trainer:
             # reach Adam's moments.
             finite = torch.isfinite(loss) & torch.stack([torch.isfinite(p.grad).all() for p in params]).all()
             ok = bool(finite)
+            logged = (self.step + 1) % tc.log_every == 0 or self.step + 1 == tc.steps
+            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])) if logged else None
             if ok:
                 self.optimizer.step()
             self.step += 1
         with timer("occupancy"):
             self.scene.renderer.update_occupancy(self.step, self.render_generator)
-        return StepResult(loss.detach(), g.t.float().mean(), ok)
+        terms = {k: v.detach() for k, v in terms.items()}
+        return StepResult(loss.detach(), g.t.float().mean(), ok, terms, grad_norm)
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def fit(self, stop) -> str:
@@ -229,6 +240,7 @@ class Trainer:
             return "completed"
         finally:
             bar.close()
+            self.metrics.flush()
 
     def _after_step(self, result: StepResult, bar) -> None:
         tc = self.cfg.train
@@ -237,6 +249,7 @@ class Trainer:
         else:
             self.consecutive_skips = 0
         if self.step % tc.log_every == 0 or self.step == tc.steps:
+            self._log(result)
             bar.set_postfix(
                 loss=f"{float(result.loss):.4g}",
                 t=f"{float(result.t_mean):.0f}",
@@ -248,6 +261,21 @@ class Trainer:
             self.validate()
         if tc.ckpt_every > 0 and (self.step % tc.ckpt_every == 0 or self.step == tc.steps):
             self.save()
+
+    def _log(self, result: StepResult) -> None:
+        """One metrics.jsonl record: the loss and its parts, t, the gradient norm, learning rates, speed, skips."""
+        last_step, last_wall = self._log_mark
+        speed = (self.step - last_step) / (self.wall_time - last_wall) if self.wall_time > last_wall else math.nan
+        self._log_mark = (self.step, self.wall_time)
+        groups = ("encoding", "mlp", "background")
+        scalars = {"loss": result.loss, "t": result.t_mean, **{f"loss_{k}": v for k, v in result.terms.items()}}
+        if result.grad_norm is not None:
+            scalars["grad_norm"] = result.grad_norm
+        scalars.update({f"lr_{n}": g["lr"] for n, g in zip(groups, self.optimizer.param_groups)})
+        scalars.update(steps_per_s=speed, skipped=self.total_skips)
+        if hasattr(self.scene.field, "sharpness"):
+            scalars["sharpness"] = self.scene.field.sharpness
+        self.metrics.log(self.step, {k: float(v) for k, v in scalars.items()})
 
     def _handle_nonfinite(self) -> None:
         tc = self.cfg.train
@@ -288,7 +316,9 @@ class Trainer:
         strip = lambda images: torch.cat(list(images.expand(*images.shape[:-1], 3)), dim=1)  # (H, N*W, 3)
         rows = [shaded["rgb"], albedo["rgb"], normals_to_rgb(shaded["normal"], shaded["opacity"]), shaded["opacity"]]
         grid = torch.cat([strip(r) for r in rows], dim=0)
-        return write_image(grid, self.run_dir / "validation" / f"step_{self.step:06d}.png")
+        path = write_image(grid, self.run_dir / "validation" / f"step_{self.step:06d}.png")
+        self.metrics.image(self.step, "validation", to_uint8(grid))
+        return path
 
 
 def curvature_weight(tc, progress: float) -> float:
