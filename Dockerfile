@@ -76,20 +76,21 @@ RUN TORCH_CUDA_ARCH_LIST="$(sed -E 's/([0-9]+)([0-9])/\1.\2/g' <<< "${TCNN_CUDA_
 WORKDIR /opt/dreamnfsd
 COPY pyproject.toml ./
 COPY scripts/pyproject_requirements.py scripts/
+COPY dreamnfsd/__init__.py dreamnfsd/
+COPY dreamnfsd/utils/__init__.py dreamnfsd/utils/requirements.py dreamnfsd/utils/
 RUN python scripts/pyproject_requirements.py --extra cuda pyproject.toml > /tmp/requirements.txt \
     && pip freeze | grep -iE '^(torch|nerfacc)==' > /tmp/constraints.txt \
     && pip install -r /tmp/requirements.txt -c /tmp/constraints.txt \
     && rm /tmp/requirements.txt /tmp/constraints.txt
 
-# The source last. Editable, so that the CLI finds the top-level configs/ beside the package.
+# The source last, installed as a normal (non-editable) package: the configs and the built-in prior ship inside it.
 COPY . .
-RUN pip install --no-deps --no-build-isolation -e .
+RUN pip install --no-deps --no-build-isolation .
 
 # Model weights go to a mounted cache, so they are downloaded once per host and not baked into the image.
 # Outputs: the app's default output_root "outputs" is resolved from the working directory, where it is a link
 # to the mounted /outputs (passing output_root=/outputs does the same explicitly).
-ENV HF_HOME=/cache/huggingface \
-    DREAMNFSD_CONFIG_DIR=/opt/dreamnfsd/configs
+ENV HF_HOME=/cache/huggingface
 VOLUME ["/cache/huggingface", "/outputs"]
 
 # Numeric, so that the user is resolvable by uid on the host and by Kubernetes runAsNonRoot checks.

@@ -1,7 +1,7 @@
 """Benchmark the product's NFSD / SDS training step with a prior of Stable Diffusion 2.1-base's exact architecture.
 
 Drives the real Trainer on the app's config with an injected prior (random SD 2.1-base weights, nothing downloaded,
-or --prior-model); what is measured, the targets and the tuning: dreamnfsd.utils.gpu_bench.
+or --prior-model); what is measured, the targets and the tuning: dreamnfsd.benchmarks.gpu.
 
 Usage:
     python scripts/bench_gpu.py                       # SD 2.1-base architecture, 64x64 renders (GPU)
@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dreamnfsd.utils.benchmarking import write_json  # noqa: E402
-from dreamnfsd.utils.gpu_bench import GPUBenchConfig, run, table  # noqa: E402
+from dreamnfsd.benchmarks.common import write_json  # noqa: E402
+from dreamnfsd.benchmarks.gpu import GPUBenchConfig, run, table  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

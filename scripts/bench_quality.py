@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dreamnfsd.cli import config_dir
+from dreamnfsd.app.compose import compose, to_run_config
 from dreamnfsd.eval import benchmark as bench
 from dreamnfsd.eval.classifier import load_classifier
 from dreamnfsd.guidance.priors import builtin, load_prior
-from dreamnfsd.train.preflight import compose, to_run_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -68,7 +67,7 @@ def main() -> None:
         steps_arg = [f"train.steps={steps}"] if steps is not None else []
         overrides = [f"prompt={prompt}", "prior=builtin", f"guidance={method}", f"seed={args.seed}", *steps_arg]
         overrides += ["train.val_every=0", "train.ckpt_every=0", *prior_args, *args.overrides]
-        return to_run_config(compose(overrides, config_dir()))
+        return to_run_config(compose(overrides))
 
     steps = args.steps or (30 if args.quick else make_cfg("a red cube", "sds").train.steps)
     prior_dir = args.prior_folder or builtin.DEFAULT_DIR

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark of the NeRF core on CPU: field throughput against a nerfstudio-style reference, and rendering speed.
 
-What is measured and how: dreamnfsd.utils.render_bench. On a shared 2-core machine a second intra-op thread can make
+What is measured and how: dreamnfsd.benchmarks.render. On a shared 2-core machine a second intra-op thread can make
 every op wait for a descheduled core; ``--threads 1`` gives steadier numbers there.
 
 Usage: python scripts/bench_render.py [--quick] [--threads N] [--out outputs/bench_render.json]
@@ -19,8 +19,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a checkout without installing the package too
 
-from dreamnfsd.utils.benchmarking import write_json  # noqa: E402
-from dreamnfsd.utils.render_bench import RenderBenchConfig, run, summary  # noqa: E402
+from dreamnfsd.benchmarks.common import write_json  # noqa: E402
+from dreamnfsd.benchmarks.render import RenderBenchConfig, run, summary  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Where a text-to-3D training step spends its time: the prior call against rendering plus backward.
 
 Runs the real :class:`~dreamnfsd.train.trainer.Trainer` on the CPU preset (``prior=builtin``) and times each phase
-of the step side by side in one run (dreamnfsd.utils.step_bench). Absolute times on a shared machine are noise; the
+of the step side by side in one run (dreamnfsd.benchmarks.step). Absolute times on a shared machine are noise; the
 shares are the result.
 
     .venv/bin/python scripts/bench_step.py [--steps 20] [--out outputs/bench_step.json] [override ...]
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from dreamnfsd.utils.benchmarking import write_json
-from dreamnfsd.utils.step_bench import breakdown_table, cpu_preset_breakdown
+from dreamnfsd.benchmarks.common import write_json
+from dreamnfsd.benchmarks.step import breakdown_table, cpu_preset_breakdown
 
 
 def main(argv: list[str] | None = None) -> int:

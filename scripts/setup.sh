@@ -10,4 +10,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   # shellcheck disable=SC2086
   .venv/bin/python -m pip install -q --disable-pip-version-check ${TORCH_SPEC:-torch==2.13.0}
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+# setuptools warns on every editable install of a package with a package-dir mapping (configs/ ships as
+# dreamnfsd.configs); that notice is about folders named like the package in the working directory, so it is muted.
+PYTHONWARNINGS="ignore::UserWarning" .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+if command -v npm >/dev/null 2>&1 && [ ! -d node_modules/gltf-validator ]; then
+  npm ci --silent --no-audit --no-fund  # the Khronos glTF validator, for the export tests
+fi

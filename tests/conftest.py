@@ -54,7 +54,7 @@ def run_cli(args: list[str], timeout: float = 600, env: dict | None = None) -> s
     """Run ``dreamnfsd`` in a subprocess (as a user would), returning the completed process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "dreamnfsd.cli", *args],
+        [sys.executable, "-m", "dreamnfsd", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

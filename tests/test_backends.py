@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from dreamnfsd.cameras import turntable_cameras
 from dreamnfsd.models import (
     Background,
+    BackgroundConfig,
     FieldConfig,
     HashEncoding,
     HashEncodingConfig,
@@ -52,7 +53,8 @@ def sphere_field(device: str, kind: str = "density", backend: str = "torch"):
 
 def make_renderer(field, backend: str, device: str) -> VolumeRenderer:
     grid = OccupancyGrid(OccupancyGridConfig(resolution=64)).to(device)
-    r = VolumeRenderer(field, grid, Background().to(device), RendererConfig(backend=backend, stratified=False))
+    background = Background(BackgroundConfig(kind="constant")).to(device)
+    r = VolumeRenderer(field, grid, background, RendererConfig(backend=backend, stratified=False))
     r.mark_occupancy(torch.Generator(device).manual_seed(0))
     return r
 

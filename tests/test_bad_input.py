@@ -1,6 +1,6 @@
 """Bad input: one line naming the field and the fix, exit code 2, no traceback, and not one file written or changed.
 
-Most cases call :func:`dreamnfsd.cli.main` in-process (the checks run before Hydra starts, so nothing else happens);
+Most cases call :func:`dreamnfsd.app.cli.main` in-process (the checks run before Hydra starts, so nothing else happens);
 a few run the real command in a subprocess: the exit code as a shell sees it, ``--debug``, and an empty Hugging Face
 cache (``HF_HOME`` is read when huggingface_hub is imported).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dreamnfsd.cli import main
+from dreamnfsd.app.cli import main
 from dreamnfsd.train.checkpoint import save_checkpoint
 from tests.conftest import run_cli, tiny_run_overrides
 
@@ -46,10 +46,9 @@ def world(tmp_path_factory, tiny_pixel_prior):
     (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in [f"prompt={PROMPT}", *base]))
     from omegaconf import OmegaConf
 
-    from dreamnfsd.cli import config_dir
-    from dreamnfsd.train.preflight import compose
+    from dreamnfsd.app.compose import compose
 
-    config = OmegaConf.to_container(compose([f"prompt={PROMPT}", *base], config_dir()), resolve=True)
+    config = OmegaConf.to_container(compose([f"prompt={PROMPT}", *base]), resolve=True)
     state = {"step": 4, "prompt": PROMPT, "config": config, "scene": {}, "optimizer": {}}
     save_checkpoint(state, run, 4)
     real = io.BytesIO()
@@ -105,21 +104,21 @@ def _cases(w) -> dict[str, tuple[list[str], list[str]]]:
         "unknown key": ([*p, "train.foo=1"], ["train.foo"]),
         "unknown group option": ([*p, "guidance=foo"], ["guidance/foo", "nfsd", "sds"]),
         "resolution not a number": ([*p, "camera.height=abc"], ["camera.height", "abc"]),
-        "resolution zero": ([*p, "camera.height=0"], ["camera.height", "positive"]),
-        "resolution negative": ([*p, "camera.width=-16"], ["camera.width", "positive"]),
+        "resolution zero": ([*p, "camera.height=0"], ["camera.height", "must be in [1, 8192]", "camera.height=64"]),
+        "resolution negative": ([*p, "camera.width=-16"], ["camera.width", "must be in"]),
         "steps not a number": ([*p, "train.steps=many"], ["train.steps"]),
-        "steps zero": ([*p, "train.steps=0"], ["train.steps", "positive"]),
+        "steps zero": ([*p, "train.steps=0"], ["train.steps", "must be in [1,"]),
         "lr not a number": ([*p, "train.lr_mlp=fast"], ["train.lr_mlp"]),
-        "lr negative": ([*p, "train.lr_mlp=-1"], ["train.lr_mlp", "positive"]),
-        "lr zero": ([*p, "train.lr_encoding=0"], ["train.lr_encoding", "positive"]),
+        "lr negative": ([*p, "train.lr_mlp=-1"], ["train.lr_mlp", "must be in (0, 10]"]),
+        "lr zero": ([*p, "train.lr_encoding=0"], ["train.lr_encoding", "must be in (0, 10]"]),
         "t range inverted": ([*p, "guidance.t_range=[0.9,0.1]"], ["guidance.t_range", "0 < t_min < t_max < 1"]),
         "t range above 1": ([*p, "guidance.t_range=[0.1,1.5]"], ["guidance.t_range", "0 < t_min < t_max < 1"]),
         "t range at 0": ([*p, "guidance.t_range=[0,0.5]"], ["guidance.t_range", "0 < t_min < t_max < 1"]),
         "t range one value": ([*p, "guidance.t_range=[0.5]"], ["guidance.t_range", "two numbers"]),
-        "guidance scale zero": ([*p, "guidance.guidance_scale=0"], ["guidance.guidance_scale", "> 0"]),
+        "guidance scale zero": ([*p, "guidance.guidance_scale=0"], ["guidance.guidance_scale", "(0, 1000]"]),
         "guidance scale negative": (
             [*p, "guidance=sds", "guidance.guidance_scale=-5"],
-            ["guidance.guidance_scale", "> 0"],
+            ["guidance.guidance_scale", "(0, 1000]"],
         ),
         "prior folder missing": ([*p, f"prior.model={w['missing']}"], ["prior.model", "does not exist"]),
         "prior folder empty": ([*p, f"prior.model={w['empty_prior']}"], ["prior.model", "missing: unet/"]),
@@ -139,6 +138,12 @@ def _cases(w) -> dict[str, tuple[list[str], list[str]]]:
         "ckpt_every negative": ([*p, "train.ckpt_every=-1"], ["train.ckpt_every"]),
         "background jitter above 1": ([*p, "train.background_jitter=1.5"], ["train.background_jitter", "[0, 1]"]),
         "pixel jitter above 1": ([*p, "camera.pixel_jitter=2"], ["camera.pixel_jitter", "[0, 1]"]),
+        "absurd image size": ([*p, "camera.height=5000", "camera.width=5000"], ["camera.", "GiB", "largest that fits"]),
+        "absurd mesh lattice": ([*p, "export.mesh_resolution=4000"], ["export.mesh_resolution", "largest that fits"]),
+        "encoding without levels": ([*p, "field.encoding.n_levels=0"], ["field.encoding.n_levels", "[1, 32]"]),
+        "renderer without steps": ([*p, "renderer.num_steps=0"], ["renderer.num_steps", "[1, 8192]"]),
+        "unknown field kind": ([*p, "field.kind=voxels"], ["field.kind", "density, sdf"]),
+        "output_root not creatable": ([*p, "output_root=/dev/null/outputs"], ["output_root", "not a folder"]),
         "background jitter on an mlp background": (
             [*p, "train.background_jitter=0.3", "background=mlp"],
             ["train.background_jitter", "background.kind=constant"],
@@ -235,3 +240,107 @@ def test_no_traceback_in_a_real_shell(world):
         "(e.g. guidance.t_range=[0.02,0.98])"
     ]
     assert os.environ.get("HYDRA_FULL_ERROR") != "1"
+
+
+# --- every setting of the schema -----------------------------------------------------------------------------------
+
+
+def _leaves(cls, prefix: str = ""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            yield from _leaves(t, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", t
+
+
+def test_every_setting_has_a_range_or_its_words():
+    import typing
+
+    from dreamnfsd.app.schema import CHOICES, PAIR_EXAMPLES, RANGES
+    from dreamnfsd.train.config import RunConfig
+
+    numbers, words, pairs, flags = set(), set(), set(), set()
+    for key, t in _leaves(RunConfig):
+        if typing.get_origin(t) is tuple:
+            pairs.add(key)
+            continue
+        base = set(typing.get_args(t)) - {type(None)} or {t}
+        if base == {bool}:
+            flags.add(key)
+        elif base <= {int, float}:
+            numbers.add(key)
+        else:
+            assert base == {str}, (key, t)
+            words.add(key)
+    assert numbers == set(RANGES), numbers ^ set(RANGES)
+    assert words == set(CHOICES), words ^ set(CHOICES)
+    assert pairs == set(PAIR_EXAMPLES) | {"background.color"}
+
+
+def _bad_values(key: str):
+    """Values outside the key's range: just below, just above, zero, minus one and absurdly large (where outside)."""
+    from dreamnfsd.app.schema import RANGES, default_of
+
+    r = RANGES[key]
+    is_int = isinstance(default_of(key), int) or key in ("field.encoding.n_levels",)
+    candidates = [r.lo - 1, r.hi * 10 + 1, 0, -1, 10**12, r.lo if r.lo_open else None, r.hi if r.hi_open else None]
+    out = []
+    for v in candidates:
+        if v is None or r.contains(v):
+            continue
+        v = int(v) if is_int and float(v).is_integer() else float(v)
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def _range_keys():
+    from dreamnfsd.app.schema import RANGES
+
+    return sorted(RANGES)
+
+
+@pytest.mark.parametrize("key", _range_keys())
+def test_out_of_range_values_of_every_setting_fail_before_anything_is_written(key, world, monkeypatch):
+    """Zero, negative and absurdly large values (those outside each setting's range): one line naming the field,
+    with a value that works, from the checks that run before any file is written."""
+    from dreamnfsd.app.preflight import preflight
+    from dreamnfsd.utils.errors import UserError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    before = snapshot(world["root"])
+    values = _bad_values(key)
+    assert values, key
+    for value in values:
+        with pytest.raises(UserError) as excinfo:
+            preflight([*world["base"], f"prompt={PROMPT}", f"{key}={value}"], load=False)
+        message = str(excinfo.value)
+        assert "\n" not in message and message.startswith(f"{key}:"), (value, message)
+        assert f"{key}=" in message, message  # a value that works
+    assert snapshot(world["root"]) == before
+
+
+def test_memory_check_names_the_largest_value_that_fits():
+    import re
+
+    from dreamnfsd.app.compose import compose, to_run_config
+    from dreamnfsd.app.schema import check_memory, memory_needs
+    from dreamnfsd.utils.errors import UserError
+
+    cfg = to_run_config(compose(["prompt=a red cube", "prior=builtin", "export.mesh_resolution=900"]))
+    budget = 8 << 30
+    with pytest.raises(UserError) as excinfo:
+        check_memory(cfg, "cpu", available=budget)
+    message = str(excinfo.value)
+    assert message.startswith("export.mesh_resolution: 900 needs about") and "8.0 GiB free" in message, message
+    fits = int(re.search(r"largest that fits is about (\d+)", message).group(1))
+    for value, ok in ((fits, True), (fits + 1, False)):
+        cfg.export.mesh_resolution = value
+        need = next(b for keys, _, b in memory_needs(cfg) if keys == ("export.mesh_resolution",))
+        assert (need <= budget) == ok
+    check_memory(to_run_config(compose(["prompt=a red cube", "prior=builtin"])), "cpu", available=budget)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from dreamnfsd.benchmarks import gpu as gpu_bench
+from dreamnfsd.benchmarks.step import PHASES, PRIOR_CALL
 from dreamnfsd.train.shading import choose_shading
-from dreamnfsd.utils import gpu_bench
-from dreamnfsd.utils.step_bench import PHASES, PRIOR_CALL
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "bench_gpu.py"

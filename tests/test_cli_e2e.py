@@ -53,11 +53,14 @@ def test_cli_writes_every_output_and_resumes(tmp_path, tiny_pixel_prior, guidanc
     assert (run_dir / "validation" / "step_000010.png").is_file()
     assert "guidance_scale" in (run_dir / "config.yaml").read_text()
 
-    mesh = trimesh.load(run_dir / "mesh.obj", force="mesh")
+    mesh = trimesh.load(run_dir / "mesh.ply", force="mesh")  # the obj and glb split vertices along UV seams
     assert len(mesh.faces) > 0 and len(mesh.vertices) > 0
     assert mesh.is_watertight and mesh.volume > 0  # wound outwards
+    for name in ("mesh.obj", "mesh.glb"):
+        textured = trimesh.load(run_dir / name, force="mesh")
+        assert len(textured.faces) == len(mesh.faces) and textured.visual.uv is not None, name
+    assert (run_dir / "texture.png").is_file() and "map_Kd texture.png" in (run_dir / "mesh.mtl").read_text()
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [10]
-    assert len(trimesh.load(run_dir / "mesh.glb", force="mesh").faces) == len(mesh.faces)
     frames = _read_frames(run_dir / "turntable.mp4")
     assert frames.shape[0] == 6 and frames.shape[1:3] == (24, 24)
     panels = _read_frames(run_dir / "turntable_rgb_normal_opacity.mp4")
@@ -110,7 +113,7 @@ def _read_frames(path: Path):
 
 
 def test_reexport_writes_beside_the_run(tmp_path, tiny_pixel_prior):
-    from dreamnfsd.cli import export_main
+    from dreamnfsd.app.cli import export_main
 
     proc = run_cli(
         ["prompt=a blue sphere", *tiny_run_overrides(tiny_pixel_prior, tmp_path), "train.steps=4", "export.video=false"]

@@ -62,7 +62,7 @@ def _env() -> dict:
 
 def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "dreamnfsd.cli", *args],
+        [sys.executable, "-m", "dreamnfsd", *args],
         cwd=REPO,
         env=_env(),
         stdout=subprocess.DEVNULL,

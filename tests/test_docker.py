@@ -141,7 +141,7 @@ def test_torch_first_then_extensions_then_project():
     tcnn_at = next(i for i, t in installs if any("tiny-cuda-nn" in s for s in t))
     nerfacc_at = next(i for i, t in installs if any(s.startswith("nerfacc==") for s in _named_requirements(t)))
     deps_at = next(i for i, t in installs if "-r" in t)
-    project_at = next(i for i, t in installs if "-e" in t)
+    project_at = next(i for i, t in installs if "." in _named_requirements(t) and "-r" not in t)
     source_at = _first_index(lambda w, r: w == "COPY" and r.split()[0] == ".")
     assert torch_at < tcnn_at < nerfacc_at < deps_at < source_at < project_at
     torch_tokens = next(t for i, t in installs if i == torch_at)

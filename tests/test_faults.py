@@ -22,14 +22,14 @@ import pytest
 import torch
 
 import dreamnfsd.utils.files as files_mod
-from dreamnfsd.cli import config_dir, main
+from dreamnfsd.app.cli import main
+from dreamnfsd.app.compose import compose, to_run_config
 from dreamnfsd.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
 )
-from dreamnfsd.train.preflight import compose, to_run_config
 from dreamnfsd.utils.files import OutputWriteError, atomic_write_bytes
 from tests.conftest import REPO, tiny_run_overrides
 
@@ -52,7 +52,7 @@ def make_trainer(tiny_pixel_prior, prior, tmp_path):
 
     def make(*extra: str):
         cfg = to_run_config(
-            compose([f"prompt={PROMPT}", *tiny_run_overrides(tiny_pixel_prior, tmp_path), *FAST, *extra], config_dir())
+            compose([f"prompt={PROMPT}", *tiny_run_overrides(tiny_pixel_prior, tmp_path), *FAST, *extra])
         )
         return Trainer(cfg, tmp_path / "run", torch.device("cpu"), prior)
 
@@ -370,7 +370,7 @@ class _Watched:
     def __init__(self, args: list[str]):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": ""}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dreamnfsd.cli", *args],
+            [sys.executable, "-m", "dreamnfsd", *args],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -450,31 +450,32 @@ def test_first_signal_saves_and_says_how_to_resume_second_exits_at_once(tiny_pix
 
 
 def test_export_writes_are_atomic(tmp_path, monkeypatch):
-    """A video, image or mesh write that dies half-way keeps the previous file and leaves no temp file."""
-    import imageio.v2 as imageio
+    """A video, image or mesh write that dies half-way (the disk fills while the temp file is flushed) keeps the
+    previous file and leaves no temp file."""
     import trimesh
 
-    from dreamnfsd.export.mesh import write_meshes
+    import dreamnfsd.utils.files as files
+    from dreamnfsd.export.texture import write_textured_meshes
     from dreamnfsd.export.video import write_image, write_video
 
+    albedo = lambda x: (x * 0.5 + 0.5).clamp(0, 1)
+    box = trimesh.creation.box()
     video, image = (
         write_video(torch.zeros(4, 16, 16, 3), tmp_path / "t.mp4", 8),
         write_image(torch.zeros(8, 8, 3), tmp_path / "v.png"),
     )
-    meshes = write_meshes(trimesh.creation.box(), tmp_path)
-    before = {p: p.read_bytes() for p in [video, image, *meshes]}
+    meshes = write_textured_meshes(box, albedo, tmp_path, texture_size=64)
+    assert set(meshes) == {"glb", "obj", "mtl", "png", "ply"}
+    before = {p: p.read_bytes() for p in [video, image, *meshes.values()]}
 
-    def dies(path, *args, **kwargs):
-        Path(path).write_bytes(b"half")
+    def fsync_fails(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(imageio, "mimwrite", dies)
-    monkeypatch.setattr(imageio, "imwrite", dies)
-    monkeypatch.setattr(trimesh.Trimesh, "export", lambda self, path, **kw: dies(path))
+    monkeypatch.setattr(files.os, "fsync", fsync_fails)
     writes = (
         lambda: write_video(torch.ones(4, 16, 16, 3), video, 8),
         lambda: write_image(torch.ones(8, 8, 3), image),
-        lambda: write_meshes(trimesh.creation.icosphere(), tmp_path),
+        lambda: write_textured_meshes(trimesh.creation.icosphere(), albedo, tmp_path, texture_size=64),
     )
     for write in writes:
         with pytest.raises(OutputWriteError, match="the disk is full.*re-export with dreamnfsd-export"):

@@ -19,7 +19,7 @@ from dreamnfsd.data.analytic_scene import (
     reference_render,
     training_views,
 )
-from dreamnfsd.models import Background, FieldConfig, HashEncodingConfig, NeRFField
+from dreamnfsd.models import Background, BackgroundConfig, FieldConfig, HashEncodingConfig, NeRFField
 from dreamnfsd.rendering import OccupancyGrid, OccupancyGridConfig, RendererConfig, VolumeRenderer
 
 RES = 32
@@ -34,7 +34,7 @@ def build_renderer(seed: int = 0) -> VolumeRenderer:
     # No density blob: this is plain reconstruction, starting from uniform density (all cells occupied).
     field = NeRFField(FieldConfig(encoding=enc, blob_density=0.0))
     grid = OccupancyGrid(OccupancyGridConfig(resolution=64, warmup_steps=32, update_every=16))
-    return VolumeRenderer(field, grid, Background(), RendererConfig())
+    return VolumeRenderer(field, grid, Background(BackgroundConfig(kind="constant")), RendererConfig())
 
 
 @pytest.fixture(scope="module")

@@ -404,9 +404,8 @@ def test_jittered_backgrounds_are_greys_of_the_colour_in_range():
 
 @pytest.mark.parametrize("jitter", [0.0, 0.5])
 def test_background_jitter_recolours_each_training_views_background(tiny_pixel_prior, tmp_path, jitter):
-    from dreamnfsd.cli import config_dir
+    from dreamnfsd.app.compose import compose, to_run_config
     from dreamnfsd.guidance.priors import load_prior
-    from dreamnfsd.train.preflight import compose, to_run_config
     from dreamnfsd.train.trainer import Trainer
     from tests.conftest import tiny_run_overrides
 
@@ -417,8 +416,7 @@ def test_background_jitter_recolours_each_training_views_background(tiny_pixel_p
                 *tiny_run_overrides(tiny_pixel_prior, tmp_path),
                 "train.batch_size=4",
                 f"train.background_jitter={jitter}",
-            ],
-            config_dir(),
+            ]
         )
     )
     trainer = Trainer(cfg, tmp_path / "run", torch.device("cpu"), load_prior(cfg.prior))

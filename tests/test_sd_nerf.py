@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dreamnfsd.cli import config_dir
+from dreamnfsd.app.compose import compose, to_run_config
 from dreamnfsd.guidance.priors import load_prior
-from dreamnfsd.train.preflight import compose, to_run_config
 from dreamnfsd.train.trainer import Trainer
 
 
@@ -31,7 +30,7 @@ def test_tiny_sd_folder_trains_a_nerf(tmp_path, tiny_sd_prior, method, field):
         # Every t above the NFSD threshold, so the negative prompt's row is exercised too.
         "guidance.t_range=[0.5,0.98]",
     ]
-    cfg = to_run_config(compose(overrides, config_dir()))
+    cfg = to_run_config(compose(overrides))
     prior = load_prior(cfg.prior, "cpu")
     assert type(prior).__name__ == "StableDiffusionPrior"
     calls = []

@@ -10,7 +10,7 @@ import torch
 from dreamnfsd.data import make_cameras
 from dreamnfsd.eval.metrics import mask_iou, true_masks
 from dreamnfsd.export.mesh import extract_mesh
-from dreamnfsd.models import Background, FieldConfig, HashEncodingConfig, SDFConfig, build_field
+from dreamnfsd.models import Background, BackgroundConfig, FieldConfig, HashEncodingConfig, SDFConfig, build_field
 from dreamnfsd.models.sdf_field import SDFField, alpha_to_density, neus_alpha, sharpness_at
 from dreamnfsd.rendering import OccupancyGrid, OccupancyGridConfig, RendererConfig, VolumeRenderer, render_weights
 
@@ -66,7 +66,8 @@ def test_neus_opacity_of_a_plane_is_one_at_the_surface_for_any_step():
 def test_rendered_sphere_matches_the_true_silhouette_normals_and_has_no_eikonal_error():
     field = small_sdf(0.6)  # the built-in sphere's radius
     grid = OccupancyGrid(OccupancyGridConfig(resolution=32))
-    renderer = VolumeRenderer(field, grid, Background(), RendererConfig(num_steps=64, stratified=False))
+    background = Background(BackgroundConfig(kind="constant"))
+    renderer = VolumeRenderer(field, grid, background, RendererConfig(num_steps=64, stratified=False))
     renderer.mark_occupancy()
     az = torch.tensor([0.0, 1.0, 2.0])
     el = torch.tensor([0.2, 0.6, 1.4])
@@ -87,7 +88,7 @@ def test_rendered_sphere_matches_the_true_silhouette_normals_and_has_no_eikonal_
 
 def test_gradients_reach_the_sdf_through_shading_and_the_regularisers():
     field = small_sdf(0.5, sharpness=50.0)
-    renderer = VolumeRenderer(field, None, Background(), RendererConfig(num_steps=48))
+    renderer = VolumeRenderer(field, None, Background(BackgroundConfig(kind="constant")), RendererConfig(num_steps=48))
     o, d = make_cameras(torch.tensor([0.3]), torch.tensor([0.4]), 12).rays()
 
     def loss():

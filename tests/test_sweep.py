@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dreamnfsd.cli import config_dir, main
-from dreamnfsd.train.preflight import sweep_jobs
+from dreamnfsd.app.cli import main
+from dreamnfsd.app.compose import config_dir
+from dreamnfsd.app.preflight import sweep_jobs
 from tests.conftest import run_cli, tiny_run_overrides
 
 # Three albedo-only steps, one checkpoint, a small mesh, no video.
@@ -106,7 +107,7 @@ def test_submitit_local_sweep(tiny_pixel_prior, tmp_path):
     rows = json.loads((sweep / "summary.json").read_text())
     assert [r["status"] for r in rows] == ["completed", "failed"]
     _check_completed(rows[0])
-    assert rows[1]["error"] == "train.lr_mlp: must be a positive number, got -1.0 (e.g. train.lr_mlp=0.001)"
+    assert rows[1]["error"] == "train.lr_mlp: must be in (0, 10], got -1.0; e.g. train.lr_mlp=0.001"
     assert "1 of 2 jobs completed" in (sweep / "summary.md").read_text()
 
 
@@ -138,8 +139,8 @@ def test_slurm_launcher_config_composes():
     from hydra import compose, initialize_config_dir
     from hydra.utils import get_class
 
-    from dreamnfsd.config import register_configs
-    from dreamnfsd.train.preflight import register_resolvers
+    from dreamnfsd.app.compose import register_resolvers
+    from dreamnfsd.app.schema import register_configs
 
     register_configs()
     register_resolvers()

@@ -1,6 +1,6 @@
 """An analytic test scene (a red sphere beside a blue box) rendered by exact ray intersection, and a small
 photometric fitting loop. Shared by the reconstruction test (tests/test_reconstruction.py) and the render benchmark
-(:mod:`dreamnfsd.utils.render_bench`).
+(:mod:`dreamnfsd.benchmarks.render`).
 
 The reference never touches the renderer under test: it intersects rays with the two primitives in closed form and
 shows the nearest surface's flat colour, or a background colour that varies with the ray direction.

@@ -44,9 +44,9 @@ from dreamnfsd.eval.metrics import (
     colour_error,
     mask_iou,
 )
-from dreamnfsd.export.mesh import extract_mesh
+from dreamnfsd.export.mesh import extract_mesh, level_rays
 from dreamnfsd.export.video import normals_to_rgb, to_uint8
-from dreamnfsd.train.run import level_rays
+from dreamnfsd.train.config import RunConfig
 from dreamnfsd.train.trainer import Trainer, render_views
 from dreamnfsd.utils.files import atomic_output, atomic_write_bytes
 
@@ -177,7 +177,7 @@ def evaluate(trainer: Trainer, prompt: str, classifier, resolution: int) -> tupl
         ec.threshold,
         ec.min_component_fraction,
         ec.max_faces,
-        level_rays=level_rays(cfg, torch.device("cpu")),
+        level_rays=level_rays(cfg.camera, cfg.export, torch.device("cpu")),
     )
     geometry = mesh_geometry_metrics(mesh, shape)
     result = {
@@ -202,7 +202,7 @@ def evaluate(trainer: Trainer, prompt: str, classifier, resolution: int) -> tupl
     return result, kept
 
 
-def run_one(cfg, prior, classifier, resolution: int) -> tuple[dict, dict]:
+def run_one(cfg: RunConfig, prior, classifier, resolution: int) -> tuple[dict, dict]:
     """Train one run of a composed config (``cfg: RunConfig``) on the CPU and evaluate it."""
     prompt = cfg.prompt
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,6 +15,7 @@ class ExportConfig:
     threshold: str = "auto"
     min_component_fraction: float = 0.05  # drop disconnected pieces with fewer faces than this share of the largest
     max_faces: int = 0  # decimate the mesh to at most this many faces (0: keep marching cubes' full mesh)
+    texture_size: int = 1024  # the baked albedo texture of mesh.glb / mesh.obj (texels per side)
     video_frames: int = 60
     video_fps: int = 24
     video_resolution: int = 128

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from dreamnfsd.utils.errors import UserError
-from dreamnfsd.utils.files import REEXPORT_HINT, atomic_output
 
 
 class EmptySurfaceError(UserError):
     """The chosen iso-level cuts no surface from the field."""
+
+
+def lattice_bytes(resolution: int) -> int:
+    """Memory :func:`extract_mesh` needs for its lattice: points, values, the padded copy and marching cubes'
+    working arrays, about 48 bytes a lattice point."""
+    return 48 * (resolution + 2) ** 3
 
 
 @torch.no_grad()
@@ -69,6 +73,17 @@ def half_transmittance_density(
         return math.nan
     first = crossed.float().argmax(1)[hit]
     return float(sigma[hit].gather(1, first[:, None]).median())
+
+
+def level_rays(camera, export, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Rays (N, 3) x 2 along which a density field's surface level is measured: 8 turntable views at 32 px, at the
+    mean training camera distance and field of view (``camera``: a CameraSamplerConfig; ``export``: ExportConfig)."""
+    from dreamnfsd.cameras import turntable_cameras
+
+    distance, fov = float(sum(camera.distance_range) / 2), float(sum(camera.fov_range) / 2)
+    cams = turntable_cameras(8, export.video_elevation, distance, fov, 32, 32, device)
+    origins, dirs = cams.rays()
+    return origins.reshape(-1, 3), dirs.reshape(-1, 3)
 
 
 def keep_outer_shells(mesh, min_fraction: float):
@@ -172,15 +187,3 @@ def extract_mesh(
     colors = (rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
     colors = np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1)
     return trimesh.Trimesh(vertices=vertices, faces=faces, vertex_normals=normals, vertex_colors=colors, process=False)
-
-
-def write_meshes(mesh, out_dir: Path, stem: str = "mesh") -> list[Path]:
-    """Write ``stem``.obj, .ply and .glb under ``out_dir``, each atomically, with vertex normals; returns paths."""
-    paths = []
-    for ext in ("obj", "ply", "glb"):
-        path = Path(out_dir) / f"{stem}.{ext}"
-        normals = {"vertex_normal": True} if ext == "ply" else {"include_normals": True}
-        with atomic_output(path, REEXPORT_HINT) as tmp:
-            mesh.export(tmp, file_type=ext, **normals)
-        paths.append(path)
-    return paths

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dreamnfsd.utils.files import REEXPORT_HINT, atomic_output
+from dreamnfsd.utils.files import REEXPORT_HINT, atomic_output, atomic_write_bytes
 
 # Texels within this distance (in texels) of a triangle are baked from the surface. A bilinear lookup at a point
 # inside a triangle reads texels whose centres are less than one texel away on each axis, i.e. up to sqrt(2).
@@ -530,18 +530,13 @@ def write_textured_meshes(
         "ply": out_dir / f"{stem}.ply",
     }
     # Texture and material first, so that a reader never finds an .obj whose files are not there yet.
-    _write_bytes(obj_files[png_name], paths["png"])
-    _write_bytes(obj_files[mtl_name], paths["mtl"])
-    _write_bytes(obj_text.encode("utf-8"), paths["obj"])
-    _write_bytes(glb, paths["glb"])
+    atomic_write_bytes(obj_files[png_name], paths["png"], REEXPORT_HINT)
+    atomic_write_bytes(obj_files[mtl_name], paths["mtl"], REEXPORT_HINT)
+    atomic_write_bytes(obj_text.encode("utf-8"), paths["obj"], REEXPORT_HINT)
+    atomic_write_bytes(glb, paths["glb"], REEXPORT_HINT)
     with atomic_output(paths["ply"], REEXPORT_HINT) as tmp:
         mesh.export(tmp, file_type="ply", vertex_normal=True)
     return paths
-
-
-def _write_bytes(data: bytes, path: Path) -> None:
-    with atomic_output(path, REEXPORT_HINT) as tmp, open(tmp, "wb") as f:
-        f.write(data)
 
 
 def _decoded_size(data: bytes, what: str) -> tuple[int, int]:

@@ -50,19 +50,35 @@ class GuidanceConfig:
     def validate(self) -> None:
         """Raise ``UserError`` naming the first bad field."""
         if self.kind not in GUIDANCE_KINDS:
-            raise UserError(f"guidance.kind: {self.kind!r} is not one of {', '.join(GUIDANCE_KINDS)} — pick one")
+            raise UserError(
+                f"guidance.kind: {self.kind!r} is not one of {', '.join(GUIDANCE_KINDS)}; e.g. guidance.kind=nfsd"
+            )
         if self.weighting not in WEIGHTINGS:
-            raise UserError(f"guidance.weighting: {self.weighting!r} is not one of {', '.join(WEIGHTINGS)}")
+            raise UserError(
+                f"guidance.weighting: {self.weighting!r} is not one of {', '.join(WEIGHTINGS)}; "
+                "e.g. guidance.weighting=one_minus_alpha_bar"
+            )
         if self.t_anneal_schedule not in ANNEAL_SCHEDULES:
-            raise UserError(f"guidance.t_anneal_schedule: {self.t_anneal_schedule!r} is not linear or sqrt")
+            raise UserError(
+                f"guidance.t_anneal_schedule: {self.t_anneal_schedule!r} is not linear or sqrt; "
+                "e.g. guidance.t_anneal_schedule=linear"
+            )
         lo, hi = self.t_range
         # Looser than the app's config.check_t_range on purpose: library callers may pin t (low == high).
         if not 0.0 <= lo <= hi <= 1.0:
-            raise UserError(f"guidance.t_range: {tuple(self.t_range)} must satisfy 0 <= low <= high <= 1")
+            raise UserError(
+                f"guidance.t_range: {tuple(self.t_range)} must satisfy 0 <= low <= high <= 1; "
+                "e.g. guidance.t_range=[0.02,0.98]"
+            )
         if self.t_anneal and not lo <= self.t_anneal_end <= hi:
-            raise UserError(f"guidance.t_anneal_end: {self.t_anneal_end} must lie inside t_range {tuple(self.t_range)}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise UserError(f"guidance.grad_clip: {self.grad_clip} must be positive, or null to disable")
+            raise UserError(
+                f"guidance.t_anneal_end: {self.t_anneal_end} must lie inside t_range {tuple(self.t_range)}; "
+                "e.g. guidance.t_anneal_end=0.5"
+            )
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
+            raise UserError(
+                f"guidance.grad_clip: {self.grad_clip} must be positive, or null to disable; e.g. guidance.grad_clip=1"
+            )
 
     @property
     def scale(self) -> float:

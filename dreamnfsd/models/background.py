@@ -12,7 +12,7 @@ from dreamnfsd.models.mlp import MLP
 
 @dataclass
 class BackgroundConfig:
-    kind: str = "constant"  # constant | mlp
+    kind: str = "mlp"  # mlp | constant
     color: tuple[float, float, float] = (1.0, 1.0, 1.0)
     n_frequencies: int = 2  # mlp: sin/cos frequencies of the direction fed to the MLP
     hidden_dim: int = 32

@@ -27,7 +27,6 @@ class SDFConfig:
     sharpness_start: float = 20.0
     sharpness_end: float = 400.0
     sharpness_ramp: float = 0.8
-    curvature_norm: str = "square"  # the curvature term per sample: square (laplacian^2) | abs (|laplacian|)
 
 
 FIELD_KINDS = ("density", "sdf")

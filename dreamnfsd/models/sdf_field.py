@@ -123,5 +123,5 @@ class SDFField(HashGridField):
             "albedo": d["albedo"],
             "normal": d["gradient"] / norm.clamp(min=1e-6)[:, None],
             "eikonal": (norm - 1.0).square(),
-            "curvature": d["laplacian"].square() if self.cfg.sdf.curvature_norm == "square" else d["laplacian"].abs(),
+            "curvature": d["laplacian"].square(),
         }

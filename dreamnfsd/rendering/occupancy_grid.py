@@ -28,6 +28,12 @@ class OccupancyGridConfig:
     chunk: int = 65536  # points per density_fn call
 
 
+def grid_bytes(resolution: int) -> int:
+    """Memory of an :class:`OccupancyGrid` and its full update: per cell the EMA value, the boolean, a bit, and the
+    jittered point and value of one evaluation."""
+    return resolution**3 * (4 + 1 + 16 + 4) + resolution**3 // 8
+
+
 def pack_bits(binaries: Tensor) -> Tensor:
     """Flat bool (C,), C a multiple of 8 -> uint8 (C / 8,), bit j of byte b = cell 8b + j."""
     w = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=binaries.device)

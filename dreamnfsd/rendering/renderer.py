@@ -30,7 +30,7 @@ class RendererConfig:
     early_stop_block: int = 4  # samples per ray in the first evaluation round (doubles every round)
     stratified: bool = True  # random per-ray sample offsets while gradients are enabled (training)
     backend: str = "auto"  # auto | torch | nerfacc (auto: nerfacc for CUDA inputs when importable)
-    normals_mode: str | None = None  # finite_difference | autograd; None = the field's own setting
+    normal_mode: str | None = None  # finite_difference | autograd; None = the field's own field.normal_mode
     normal_weight_eps: float = 1e-5  # normals only for samples with weight above this (they cost 6 evaluations)
     near: float = 0.0
 
@@ -245,7 +245,7 @@ class VolumeRenderer(nn.Module):
 
     def _normals(self, pts: Tensor, weights: Tensor) -> tuple[Tensor, int]:
         """Normals (M, 3) at samples that carry weight (zeros elsewhere), and the density evaluations spent."""
-        mode = self.cfg.normals_mode
+        mode = self.cfg.normal_mode
         keep = (weights.detach() > self.cfg.normal_weight_eps).nonzero()[:, 0]
         normals = pts.new_zeros(pts.shape[0], 3)
         if keep.numel() == 0:

@@ -1,8 +1,18 @@
-"""Typed configuration of the training loop."""
+"""Typed configuration of the training loop, and of a whole run (:class:`RunConfig`, the schema Hydra composes)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import field as _default
+
+from dreamnfsd.cameras import CameraSamplerConfig
+from dreamnfsd.export.config import ExportConfig
+from dreamnfsd.guidance.core import GuidanceConfig
+from dreamnfsd.guidance.priors import PriorConfig
+from dreamnfsd.models.background import BackgroundConfig
+from dreamnfsd.models.field import FieldConfig
+from dreamnfsd.rendering.occupancy_grid import OccupancyGridConfig
+from dreamnfsd.rendering.renderer import RendererConfig
 
 
 @dataclass
@@ -47,3 +57,23 @@ class TrainConfig:
     rollback_lr_factor: float = 0.5
     num_threads: int = 0  # 0: leave torch's default
     mixed_precision: bool = True  # fp16 autocast for the field on CUDA (the prior's weights are fp16 there anyway)
+
+
+@dataclass
+class RunConfig:
+    prompt: str = "???"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    output_root: str = "outputs"
+    output_dir: str | None = None  # default: <output_root>/<prompt-slug>/<timestamp>
+    resume: str | None = None  # a run folder or a checkpoint file
+    logger: str = "jsonl"  # jsonl (metrics.jsonl in the run folder) | tensorboard (that too, and TensorBoard events)
+    prior: PriorConfig = _default(default_factory=PriorConfig)
+    guidance: GuidanceConfig = _default(default_factory=GuidanceConfig)
+    field: FieldConfig = _default(default_factory=FieldConfig)
+    grid: OccupancyGridConfig = _default(default_factory=OccupancyGridConfig)
+    renderer: RendererConfig = _default(default_factory=RendererConfig)
+    background: BackgroundConfig = _default(default_factory=BackgroundConfig)
+    camera: CameraSamplerConfig = _default(default_factory=CameraSamplerConfig)
+    train: TrainConfig = _default(default_factory=TrainConfig)
+    export: ExportConfig = _default(default_factory=ExportConfig)

@@ -63,6 +63,7 @@ class MetricsLog:
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         record = {"step": int(step), **{k: _clean(float(v)) for k, v in scalars.items()}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._writer is not None:

@@ -10,6 +10,7 @@ from dreamnfsd.models.background import Background
 from dreamnfsd.models.field import HashGridField, build_field
 from dreamnfsd.rendering.occupancy_grid import OccupancyGrid
 from dreamnfsd.rendering.renderer import VolumeRenderer
+from dreamnfsd.train.config import RunConfig
 
 
 @dataclass
@@ -32,8 +33,8 @@ class Scene:
         self.background.load_state_dict(state["background"])
 
 
-def build_scene(cfg, device: torch.device, generator: torch.Generator | None = None) -> Scene:
-    """Field, grid, background and renderer from a :class:`~dreamnfsd.config.RunConfig`. Seed torch first.
+def build_scene(cfg: RunConfig, device: torch.device, generator: torch.Generator | None = None) -> Scene:
+    """Field, grid, background and renderer from a :class:`~dreamnfsd.train.config.RunConfig`. Seed torch first.
 
     ``generator`` (on ``device``) drives the grid's jittered initial marking.
     """

@@ -14,7 +14,9 @@ from tqdm.auto import tqdm
 from dreamnfsd.cameras import CameraBatch, RandomCameraSampler, turntable_cameras
 from dreamnfsd.export.video import normals_to_rgb, to_uint8, write_image
 from dreamnfsd.guidance import Guidance
+from dreamnfsd.guidance.priors.base import Prior
 from dreamnfsd.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from dreamnfsd.train.config import RunConfig
 from dreamnfsd.train.metrics_log import MetricsLog
 from dreamnfsd.train.regularizers import opacity_entropy, opacity_sparsity
 from dreamnfsd.train.scene import Scene, build_scene
@@ -68,7 +70,7 @@ def _slice(c: CameraBatch, s: slice) -> CameraBatch:
 class Trainer:
     """Owns the scene, the optimizer and every RNG, so a checkpoint captures the whole training state."""
 
-    def __init__(self, cfg, run_dir: Path, device: torch.device, prior):
+    def __init__(self, cfg: RunConfig, run_dir: Path, device: torch.device, prior: Prior):
         self.cfg, self.run_dir, self.device, self.prior = cfg, Path(run_dir), device, prior
         tc = cfg.train
         torch.manual_seed(cfg.seed)

@@ -65,9 +65,9 @@ def atomic_output(path: Path, what: str = "earlier files are intact") -> Iterato
         raise
 
 
-def atomic_write_bytes(data: bytes, path: Path) -> None:
-    """Write ``data`` to ``path`` through :func:`atomic_output`."""
-    with atomic_output(path, "earlier checkpoints are intact") as tmp, open(tmp, "wb") as f:
+def atomic_write_bytes(data: bytes, path: Path, what: str = "earlier checkpoints are intact") -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_output` (``what`` ends its error message)."""
+    with atomic_output(path, what) as tmp, open(tmp, "wb") as f:
         f.write(data)
 
 

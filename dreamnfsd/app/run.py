@@ -14,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+from dreamnfsd.train.config import RunConfig
+from dreamnfsd.train.scene import Scene, build_scene
+from dreamnfsd.train.trainer import NonFiniteTrainingError, Trainer, render_views, steps_per_second
 from dreamnfsd.utils.files import atomic_write_bytes, run_lock
 
 log = logging.getLogger(__name__)
@@ -40,29 +43,19 @@ def write_json(data: dict, path: Path) -> None:
     atomic_write_bytes((json.dumps(data, indent=2) + "\n").encode(), path)
 
 
-def level_rays(cfg, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rays (N, 3) x 2 along which a density field's surface level is measured: 8 turntable views at 32 px."""
-    from dreamnfsd.cameras import turntable_cameras
-
-    distance, fov = float(sum(cfg.camera.distance_range) / 2), float(sum(cfg.camera.fov_range) / 2)
-    cams = turntable_cameras(8, cfg.export.video_elevation, distance, fov, 32, 32, device)
-    origins, dirs = cams.rays()
-    return origins.reshape(-1, 3), dirs.reshape(-1, 3)
-
-
-def export_outputs(scene, cfg, out_dir: Path) -> dict:
+def export_outputs(scene: Scene, cfg: RunConfig, out_dir: Path) -> dict:
     """Mesh (obj/ply/glb) and the turntable videos into ``out_dir``. Returns {name: path or message}."""
     from dreamnfsd.cameras import turntable_cameras
-    from dreamnfsd.export.mesh import EmptySurfaceError, extract_mesh, write_meshes
+    from dreamnfsd.export.mesh import EmptySurfaceError, extract_mesh, level_rays
+    from dreamnfsd.export.texture import write_textured_meshes
     from dreamnfsd.export.video import normals_to_rgb, side_by_side, write_video
-    from dreamnfsd.train.trainer import render_views
 
     ec, outputs = cfg.export, {}
     out_dir = Path(out_dir)
     device = next(scene.field.parameters()).device
     if ec.mesh:
         try:
-            origins, dirs = level_rays(cfg, device)
+            origins, dirs = level_rays(cfg.camera, cfg.export, device)
             mesh = extract_mesh(
                 scene.field,
                 ec.mesh_resolution,
@@ -71,8 +64,9 @@ def export_outputs(scene, cfg, out_dir: Path) -> dict:
                 ec.max_faces,
                 level_rays=(origins, dirs),
             )
-            for path in write_meshes(mesh, out_dir):
-                outputs[path.suffix[1:]] = str(path)
+            albedo = lambda x: scene.field(x)["albedo"]
+            paths = write_textured_meshes(mesh, albedo, out_dir, ec.texture_size, device=device)
+            outputs.update({name: str(path) for name, path in paths.items()})
             outputs["mesh_watertight"] = bool(mesh.is_watertight)
             outputs["mesh_volume"] = float(mesh.volume)
         except EmptySurfaceError as e:
@@ -123,11 +117,10 @@ def _resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
     return resolve_checkpoint(resume)
 
 
-def train_run(cfg, run_dir: Path, resolved_yaml: str) -> RunStatus:
+def train_run(cfg: RunConfig, run_dir: Path, resolved_yaml: str) -> RunStatus:
+    from dreamnfsd.app.preflight import take_preloaded_prior
     from dreamnfsd.guidance.priors import load_prior
     from dreamnfsd.train.checkpoint import load_checkpoint
-    from dreamnfsd.train.preflight import take_preloaded_prior
-    from dreamnfsd.train.trainer import Trainer
     from dreamnfsd.utils.errors import UserError
 
     run_dir = Path(run_dir)
@@ -160,10 +153,9 @@ def train_run(cfg, run_dir: Path, resolved_yaml: str) -> RunStatus:
         return _train_and_export(cfg, run_dir, trainer)
 
 
-def _train_and_export(cfg, run_dir: Path, trainer) -> RunStatus:
+def _train_and_export(cfg: RunConfig, run_dir: Path, trainer: Trainer) -> RunStatus:
     from dreamnfsd.train.checkpoint import list_checkpoints
     from dreamnfsd.train.signals import Interrupted, StopRequest, exit_code
-    from dreamnfsd.train.trainer import steps_per_second
 
     summary = {
         "prompt": cfg.prompt,
@@ -224,7 +216,7 @@ def _train_and_export(cfg, run_dir: Path, trainer) -> RunStatus:
         summary["outputs_step"] = trainer.step
     record("completed", export_time_s=round(time.perf_counter() - started, 2), outputs=outputs)
     print(f"dreamnfsd: done in {trainer.wall_time:.0f}s of training. Outputs in {out_dir}:")
-    for name in ("obj", "ply", "glb", "turntable", "turntable_panels", "turntable_albedo"):
+    for name in ("glb", "obj", "ply", "turntable", "turntable_panels", "turntable_albedo"):
         if name in outputs:
             print(f"  {outputs[name]}")
     return RunStatus("completed", 0)
@@ -249,9 +241,9 @@ def run_from_hydra(dcfg) -> RunStatus:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from dreamnfsd.config import validate
-    from dreamnfsd.train.preflight import check_device, to_run_config
-    from dreamnfsd.train.trainer import NonFiniteTrainingError
+    from dreamnfsd.app.compose import to_run_config
+    from dreamnfsd.app.preflight import check_device
+    from dreamnfsd.app.schema import validate
     from dreamnfsd.utils.errors import UserError
     from dreamnfsd.utils.files import OutputWriteError
 
@@ -321,13 +313,15 @@ def reexport(args) -> Path:
 
     from omegaconf import OmegaConf
 
-    from dreamnfsd.config import RunConfig
     from dreamnfsd.train.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
-    from dreamnfsd.train.scene import build_scene
 
     ckpt = resolve_checkpoint(args.run)
     state = load_checkpoint(ckpt)
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), state["config"]))
+    saved = state["config"]
+    renderer = saved.get("renderer", {})
+    if "normals_mode" in renderer:  # checkpoints written before the setting was renamed
+        renderer["normal_mode"] = renderer.pop("normals_mode")
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), saved))
     for key, value in (
         ("mesh_resolution", args.mesh_resolution),
         ("threshold", args.threshold),

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dreamnfsd.benchmarks.common import format_table, host_environment, time_interleaved
 from dreamnfsd.data.analytic_scene import (
     FitConfig,
     background,
@@ -38,9 +39,8 @@ from dreamnfsd.data.analytic_scene import (
     reference_render,
     training_views,
 )
-from dreamnfsd.models import Background, FieldConfig, HashEncodingConfig, NeRFField
+from dreamnfsd.models import Background, BackgroundConfig, FieldConfig, HashEncodingConfig, NeRFField
 from dreamnfsd.rendering import OccupancyGrid, OccupancyGridConfig, RendererConfig, VolumeRenderer
-from dreamnfsd.utils.benchmarking import format_table, host_environment, time_interleaved
 
 
 @dataclass
@@ -177,7 +177,7 @@ def train_scene(cfg: RenderBenchConfig, seed: int = 0) -> tuple[VolumeRenderer, 
     field = NeRFField(FieldConfig(blob_density=0.0))
     warmup = min(32, cfg.train_steps // 4)
     grid = OccupancyGrid(OccupancyGridConfig(resolution=64, warmup_steps=warmup, update_every=16))
-    renderer = VolumeRenderer(field, grid, Background(), RendererConfig())
+    renderer = VolumeRenderer(field, grid, Background(BackgroundConfig(kind="constant")), RendererConfig())
     o, d = training_views(cfg.train_views, cfg.train_res).rays()
     t = time.perf_counter()
     targets = reference_render(o, d).reshape(-1, 3)

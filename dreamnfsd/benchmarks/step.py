@@ -2,7 +2,7 @@
 :class:`~dreamnfsd.utils.timing.PhaseTimer`, and the prior call inside the guidance phase.
 
 Used by ``scripts/bench_step.py`` (the CPU preset with the built-in prior) and by the GPU benchmark
-(:mod:`dreamnfsd.utils.gpu_bench`). Absolute times on a shared machine are noise; the shares are the result.
+(:mod:`dreamnfsd.benchmarks.gpu`). Absolute times on a shared machine are noise; the shares are the result.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dreamnfsd.utils.benchmarking import format_table, sync
+from dreamnfsd.benchmarks.common import format_table, sync
 from dreamnfsd.utils.timing import PhaseTimer
 
 PHASES = ("render", "guidance", "backward", "optimizer", "occupancy")  # Trainer.train_step's timer names
@@ -24,10 +24,9 @@ PRIOR_CALL = "prior call"  # the noise prediction, timed inside "guidance"
 
 def compose_run_config(overrides: list[str]):
     """The app's config (``configs/``, as the CLI composes it) with ``overrides``, as a typed ``RunConfig``."""
-    from dreamnfsd.cli import config_dir
-    from dreamnfsd.train.preflight import compose, to_run_config
+    from dreamnfsd.app.compose import compose, to_run_config
 
-    return to_run_config(compose(overrides, config_dir()))
+    return to_run_config(compose(overrides))
 
 
 @contextlib.contextmanager

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from dreamnfsd.utils.benchmarking import format_table, free_cached, peak_gb, reset_peak, sync, timed
-from dreamnfsd.utils.step_bench import PHASES, compose_run_config, phase_breakdown
+from dreamnfsd.benchmarks.common import format_table, free_cached, peak_gb, reset_peak, sync, timed
+from dreamnfsd.benchmarks.step import PHASES, compose_run_config, phase_breakdown
 
 # Stable Diffusion 2.1-base (stabilityai/stable-diffusion-2-1-base), written out so no download is needed.
 SD21_BASE_UNET = {

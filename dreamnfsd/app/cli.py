@@ -1,8 +1,8 @@
 """Command-line entry points: ``dreamnfsd`` (Hydra app) and ``dreamnfsd-export``.
 
-``dreamnfsd`` first composes and checks the config itself (:mod:`dreamnfsd.train.preflight`: values, prior files,
+``dreamnfsd`` first composes and checks the config itself (:mod:`dreamnfsd.app.preflight`: values, prior files,
 device, output folder, resume target) and loads the prior, so a user error prints one line, exits with code 2 and
-writes nothing; only then does Hydra create the run folder and call :func:`dreamnfsd.train.run.run_from_hydra`.
+writes nothing; only then does Hydra create the run folder and call :func:`dreamnfsd.app.run.run_from_hydra`.
 A ``--multirun`` sweep is checked job by job first. ``--debug`` (or ``HYDRA_FULL_ERROR=1``) shows tracebacks instead.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 # Exit codes: 0 done; 1 the run failed after it started (disk full, NaN abort, a bug; its folder says why);
 # 2 bad input (one line on stderr, nothing written); 130 / 143 stopped by SIGINT / SIGTERM (checkpoint saved).
@@ -18,12 +17,6 @@ EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
-
-
-def config_dir() -> Path:
-    """The Hydra ``configs/`` folder (``DREAMNFSD_CONFIG_DIR`` overrides; else the one beside the package)."""
-    env = os.environ.get("DREAMNFSD_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
 
 
 def _fail(message: str) -> int:
@@ -48,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "--hydra-help", "-c", "--cfg", "--info") for a in passed):
         return _hydra_main(passed)
 
-    from dreamnfsd.train.preflight import preflight, preflight_sweep
+    from dreamnfsd.app.preflight import preflight, preflight_sweep
     from dreamnfsd.utils.errors import UserError
 
     hydra_args = [a for a in passed if a not in overrides]
@@ -56,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         if multirun:
             # Every combination must compose (an unknown key or a bad type fails the whole sweep up front); a bad
             # value in one combination is that job's failure, recorded in the summary, and the others go on.
-            preflight_sweep(overrides, config_dir())
+            preflight_sweep(overrides)
             return _run_sweep(passed)
-        plan = preflight(overrides, config_dir())
+        plan = preflight(overrides)
     except UserError as e:
         if debug:
             raise
@@ -71,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_sweep(args: list[str]) -> int:
     """A ``--multirun`` sweep; exits 1 when any job did not complete (``summary.md`` says which and why)."""
-    from dreamnfsd import sweep
+    from dreamnfsd.app import sweep
 
     sweep.last_rows = None
     _hydra_main(args)
@@ -83,15 +76,15 @@ def _hydra_main(args: list[str]) -> int:
     import hydra
     from omegaconf import DictConfig
 
-    from dreamnfsd.config import register_configs
-    from dreamnfsd.train.preflight import register_resolvers
+    from dreamnfsd.app.compose import CONFIG_SEARCH_PATH, register_resolvers
+    from dreamnfsd.app.schema import register_configs
 
     register_configs()
     register_resolvers()
 
-    @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+    @hydra.main(config_path=CONFIG_SEARCH_PATH, config_name="config", version_base="1.3")
     def _task(cfg: DictConfig) -> None:
-        from dreamnfsd.train.run import run_from_hydra
+        from dreamnfsd.app.run import run_from_hydra
 
         status = run_from_hydra(cfg)
         if status.exit_code and not status.in_sweep:
@@ -128,7 +121,7 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     try:
-        from dreamnfsd.train.run import reexport
+        from dreamnfsd.app.run import reexport
 
         out = reexport(args)
     except UserError as e:

@@ -7,79 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from dreamnfsd.app.compose import compose, one_line, to_run_config
+from dreamnfsd.app.schema import check_memory
 from dreamnfsd.utils.errors import UserError
-
-
-def register_resolvers() -> None:
-    from omegaconf import OmegaConf
-
-    from dreamnfsd.config import slugify
-
-    if not OmegaConf.has_resolver("slug"):
-        OmegaConf.register_new_resolver("slug", lambda p: slugify(str(p)))
-
-
-def _one_line(err: BaseException) -> str:
-    """Hydra and OmegaConf spread a message over lines and chain causes; keep the informative part on one line."""
-    parts = []
-    while err is not None:
-        text = " ".join(str(err).split())
-        if text and text not in parts:
-            parts.append(text)
-        err = err.__cause__
-    return " — ".join(parts)
-
-
-def compose(overrides: list[str], config_dir: Path):
-    """Compose ``configs/`` with command-line overrides. Raises :class:`UserError` for unknown keys or bad values."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from dreamnfsd.config import register_configs
-
-    register_configs()
-    register_resolvers()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise UserError(f"config: {_one_line(e)}") from e
-
-
-def _check_pairs(dcfg) -> None:
-    """Tuple-typed fields, checked on the raw config before the dataclasses (whose __post_init__ unpacks them)."""
-    from omegaconf import OmegaConf
-
-    from dreamnfsd.config import PAIR_EXAMPLES, check_pair, check_t_range
-
-    for key, example in PAIR_EXAMPLES.items():
-        value = OmegaConf.select(dcfg, key, default=None)
-        if value is None:
-            continue
-        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-        if key == "guidance.t_range":
-            check_t_range(value)
-        else:
-            check_pair(value, key, example)
-
-
-def to_run_config(dcfg):
-    """DictConfig -> typed :class:`~dreamnfsd.config.RunConfig`, with the missing-prompt case made readable."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    if OmegaConf.is_missing(dcfg, "prompt"):
-        raise UserError('prompt: missing; pass one, e.g. dreamnfsd prompt="a red cube"')
-    _check_pairs(dcfg)
-    try:
-        return OmegaConf.to_object(dcfg)
-    except OmegaConfBaseException as e:
-        raise UserError(f"config: {_one_line(e)}") from e
-    except (ValueError, TypeError) as e:  # a config dataclass's own __post_init__ check
-        raise UserError(f"config: {_one_line(e)}") from e
-
 
 # --- resume -------------------------------------------------------------------------------------------------------
 # Sections whose values shape the saved tensors: a resume must build the same scene as the checkpoint.
@@ -295,7 +225,7 @@ class RunPlan:
 
 def check_config(dcfg):
     """Type and check one job's composed config without touching any file or loading weights -> RunConfig."""
-    from dreamnfsd.config import validate
+    from dreamnfsd.app.schema import validate
     from dreamnfsd.guidance.priors import check_prior
 
     cfg = to_run_config(dcfg)
@@ -304,7 +234,7 @@ def check_config(dcfg):
     return cfg
 
 
-def preflight(overrides: list[str], config_dir: Path, load: bool = True) -> RunPlan:
+def preflight(overrides: list[str], load: bool = True) -> RunPlan:
     """Compose and check a single run's config, decide its folder, and (``load``) load its prior, writing nothing.
 
     ``resume=`` starts from the run's own command-line overrides (``.hydra/overrides.yaml``) with the new ones on
@@ -312,22 +242,23 @@ def preflight(overrides: list[str], config_dir: Path, load: bool = True) -> RunP
     """
     from omegaconf import OmegaConf
 
-    from dreamnfsd.config import slugify
+    from dreamnfsd.app.schema import slugify
 
-    dcfg = compose(overrides, config_dir)  # unknown keys and bad types in what the user typed fail first
+    dcfg = compose(overrides)  # unknown keys and bad types in what the user typed fail first
     target = None
     if dcfg.get("resume"):
         target = find_resume_target(str(dcfg.resume))
         given = None if OmegaConf.is_missing(dcfg, "prompt") else str(dcfg.prompt)
         original = original_overrides(target.run_dir) or []
         overrides = merge_overrides(original, overrides)
-        dcfg = compose(overrides, config_dir)
+        dcfg = compose(overrides)
         if OmegaConf.is_missing(dcfg, "prompt") and target.state is not None:
             overrides = [*overrides, f"prompt={quote_override_value(target.state['prompt'])}"]
-            dcfg = compose(overrides, config_dir)
+            dcfg = compose(overrides)
         _check_resume(target, dcfg, given)
     cfg = check_config(dcfg)
     device = check_device(cfg.device)
+    check_memory(cfg, device)
     if target is not None:
         run_dir = target.run_dir
         check_writable(run_dir, "resume")
@@ -367,13 +298,13 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
         parsed = OverridesParser.create().parse_overrides(overrides)
         return BasicSweeper.split_arguments(parsed, None)[0]
     except HydraException as e:
-        raise UserError(f"config: {_one_line(e)}") from e
+        raise UserError(f"config: {one_line(e)}") from e
 
 
 MAX_SWEEP_CHECKS = 256
 
 
-def preflight_sweep(overrides: list[str], config_dir: Path) -> list[tuple[list[str], str]]:
+def preflight_sweep(overrides: list[str]) -> list[tuple[list[str], str]]:
     """Check a sweep before Hydra starts it. Every job must compose (an unknown key or a bad type stops the whole
     sweep: raises :class:`UserError`); if every job also fails its value checks, nothing would run, so that raises
     too. Otherwise returns the (job overrides, error) of the jobs that will fail, after printing them."""
@@ -386,11 +317,12 @@ def preflight_sweep(overrides: list[str], config_dir: Path) -> list[tuple[list[s
     failing = []
     for job in jobs[:MAX_SWEEP_CHECKS]:
         try:
-            dcfg = compose(job, config_dir)
+            dcfg = compose(job)
         except UserError as e:  # unknown keys and bad types: the whole sweep is wrong
             raise UserError(f"sweep job [{label(job)}]: {e}") from e
         try:
-            check_config(dcfg)
+            cfg = check_config(dcfg)
+            check_memory(cfg, check_device(cfg.device))
             if dcfg.get("resume"):
                 raise UserError("resume: a sweep cannot resume runs; resume each job folder on its own")
         except UserError as e:

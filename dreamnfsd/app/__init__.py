@@ -1,0 +1,1 @@
+"""The application layer: command-line entry points, config composition and checks, runs, sweeps, reports."""

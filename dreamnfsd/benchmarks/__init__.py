@@ -1,0 +1,1 @@
+"""Performance benchmarks (render, training step, GPU step): the harnesses behind scripts/bench_*.py."""
