@@ -1,10 +1,11 @@
 """Offline quality benchmark on the built-in domain: SDS against NFSD, measured in 3D and in images.
 
 The protocol and the metrics are in :mod:`dreamnfsd.eval.benchmark` (see its docstring); this is its command line.
-Writes ``results.json``, ``results.md`` and ``contact_sheet.png`` under ``--out-dir``, and every finished run under
-``runs/`` as it ends, so a killed benchmark resumes where it stopped; ``--shard K/N`` splits the runs over N
-processes sharing one ``--out-dir`` (the last to finish writes the report); ``--report-only`` rebuilds the report;
-``--rescore`` recomputes the saved runs' metrics from their saved files first, without training.
+Writes ``results.json``, ``results.md``, ``contact_sheet.png`` and ``report.html`` (SDS beside NFSD per prompt,
+every mesh in 3D) under ``--out-dir``, and every finished run under ``runs/`` as it ends, so a killed benchmark
+resumes where it stopped; ``--shard K/N`` splits the runs over N processes sharing one ``--out-dir`` (the last to
+finish writes the report); ``--report-only`` rebuilds the report; ``--rescore`` recomputes the saved runs' metrics
+from their saved files first, without training.
 
     .venv/bin/python scripts/bench_quality.py --quick            # 2 prompts, few steps (CI-sized)
     .venv/bin/python scripts/bench_quality.py                    # all 25 prompts, preset steps
@@ -22,6 +23,7 @@ import argparse
 from pathlib import Path
 
 from dreamnfsd.app.compose import compose, to_run_config
+from dreamnfsd.app.report import build_benchmark_report, report_or_warn
 from dreamnfsd.eval import benchmark as bench
 from dreamnfsd.eval.classifier import load_classifier
 from dreamnfsd.guidance.priors import builtin, load_prior
@@ -85,7 +87,8 @@ def main() -> None:
         prior = load_prior(make_cfg("a red cube", "sds").prior, "cpu")
         classifier = load_classifier()
     for prompt, method in todo:
-        metrics, kept = bench.run_one(make_cfg(prompt, method, steps), prior, classifier, args.resolution)
+        geometry = bench.QUICK_GEOMETRY if args.quick else None
+        metrics, kept = bench.run_one(make_cfg(prompt, method, steps), prior, classifier, args.resolution, geometry)
         metrics.update(overrides=args.overrides, prior=expect["prior"])
         bench.save_run(runs_dir, metrics, kept)
         g = metrics["geometry"]
@@ -104,6 +107,8 @@ def main() -> None:
     else:
         print(table)
         print(f"wrote {out}/results.json, results.md, contact_sheet.png")
+        if (report := report_or_warn(build_benchmark_report, out)) is not None:
+            print(f"report (SDS beside NFSD, every mesh in 3D): {report.path}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def sphere_field(device: str, kind: str = "density", backend: str = "torch"):
     torch.manual_seed(0)
     enc = HashEncodingConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, per_level_scale=2.0, backend=backend)
     sdf = SDFConfig(sharpness_start=100.0, sharpness_end=100.0)
-    return build_field(FieldConfig(kind=kind, encoding=enc, hidden_dim=32, sdf=sdf)).to(device)
+    return build_field(FieldConfig(kind=kind, encoding=enc, hidden_dim=32, sdf=sdf), device).to(device)
 
 
 def make_renderer(field, backend: str, device: str) -> VolumeRenderer:
@@ -151,11 +151,11 @@ def _fit_encoding(enc, device: str, steps: int = 300) -> float:
 @pytest.mark.skipif(not tcnn_available(), reason="needs tinycudann (built from source on CUDA machines)")
 def test_tcnn_and_torch_encodings_reach_equal_quality():
     base = dict(n_levels=8, log2_hashmap_size=15, base_resolution=8, per_level_scale=1.5)
-    torch_enc = HashEncoding(HashEncodingConfig(**base, backend="torch")).cuda()
-    tcnn_enc = HashEncoding(HashEncodingConfig(**base, backend="tcnn")).cuda()
+    torch_enc = HashEncoding(HashEncodingConfig(**base, backend="torch"), "cuda").cuda()
+    tcnn_enc = HashEncoding(HashEncodingConfig(**base, backend="tcnn"), "cuda").cuda()
     x = torch.rand(100, 3, device="cuda")
     assert tcnn_enc(x).shape == torch_enc(x).shape == (100, 16)
-    assert tcnn_enc.backend_for(x) == "tcnn" and torch_enc.backend_for(x) == "torch"
+    assert tcnn_enc.backend == "tcnn" and torch_enc.backend == "torch" and not list(tcnn_enc.tables)
     m_torch, m_tcnn = _fit_encoding(torch_enc, "cuda"), _fit_encoding(tcnn_enc, "cuda")
     assert math.isfinite(m_tcnn) and m_tcnn < 0.01 and m_torch < 0.01
     assert max(m_torch, m_tcnn) < 2.0 * min(m_torch, m_tcnn) + 1e-4
@@ -207,7 +207,7 @@ def test_sdf_field_on_tcnn_has_finite_difference_normals_and_gradients():
     field = sphere_field("cuda", "sdf", backend="tcnn")
     x = torch.rand(2048, 3, device="cuda") * 1.2 - 0.6
     x = x[x.norm(dim=-1) > 0.3]
-    assert field.encoding.backend_for(x) == "tcnn"
+    assert field.encoding.backend == "tcnn"
     torch.testing.assert_close(field.normals(x), F.normalize(x, dim=-1), atol=0.05, rtol=0)
     renderer = make_renderer(field, "auto", "cuda")
     o, d = turntable_cameras(2, height=24, width=24, device="cuda").rays()

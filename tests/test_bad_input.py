@@ -54,6 +54,12 @@ def world(tmp_path_factory, tiny_pixel_prior):
     real = io.BytesIO()
     torch.save({**state, "scene": {"w": torch.zeros(4096)}}, real)
 
+    # A run trained on CUDA with tiny-cuda-nn: its field state holds tcnn's flat parameter vector, and says so.
+    tcnn_run = out / "a-red-cube" / "20250101-000001"
+    shutil.copytree(run / ".hydra", tcnn_run / ".hydra")
+    tcnn_field = {"encoding._extra_state": {"backend": "tcnn"}, "encoding.tcnn.params": torch.zeros(4096)}
+    save_checkpoint({**state, "scene": {"field": tcnn_field}}, tcnn_run, 4)
+
     truncated = out / "truncated"
     (truncated / "checkpoints").mkdir(parents=True)
     (truncated / "checkpoints" / "step_000008.pt").write_bytes(real.getvalue()[: len(real.getvalue()) // 2])
@@ -83,6 +89,7 @@ def world(tmp_path_factory, tiny_pixel_prior):
         "out": out,
         "base": base,
         "run": run,
+        "tcnn_run": tcnn_run,
         "truncated": truncated,
         "garbage": garbage,
         "nonempty": nonempty,
@@ -129,6 +136,12 @@ def _cases(w) -> dict[str, tuple[list[str], list[str]]]:
         "resume truncated": ([f"resume={w['truncated']}"], ["resume:", "corrupt or truncated"]),
         "resume not a checkpoint": ([f"resume={w['garbage']}"], ["resume:", "corrupt or truncated"]),
         "resume folder without checkpoints": ([f"resume={w['nonempty']}"], ["resume:", "no checkpoints"]),
+        "resume a tcnn checkpoint without CUDA": (
+            [f"resume={w['tcnn_run']}"],
+            ["field.encoding.backend", "holds tcnn", "tiny-cuda-nn"],
+        ),
+        "NFSD without a negative prompt": ([*p, "guidance.negative_prompt="], ["guidance.negative_prompt", "NFSD"]),
+        "tcnn backend without CUDA": ([*p, "field.encoding.backend=tcnn"], ["field.encoding.backend=tcnn", "CUDA"]),
         "resume with another model shape": ([f"resume={w['run']}", "field.hidden_dim=64"], ["resume:", "field"]),
         "output_dir not empty": ([*p, f"output_dir={w['nonempty']}"], ["output_dir", "not empty"]),
         "output_root under a file": ([*p, f"output_root={w['a_file'] / 'sub'}"], ["output_root", "not a folder"]),
@@ -157,6 +170,7 @@ CASE_NAMES = list(
             k: Path("/x")
             for k in (
                 "run",
+                "tcnn_run",
                 "truncated",
                 "garbage",
                 "nonempty",

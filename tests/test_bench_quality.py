@@ -106,6 +106,8 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
     assert "| method | scale | R-precision | IoU side | IoU top |" in table and "| target | measured | met |" in table
     sheet = imageio.imread(out / "contact_sheet.png")
     assert sheet.shape[0] == 2 * 2 * 32 and sheet.shape[2] == 3  # one row per prompt, 2x upscaled 32 px views
+    geo = imageio.imread(out / "geometry_sheet.png")  # per method: shaded views, then their normals, 3x upscaled
+    assert geo.shape[:2] == (2 * 3 * 32, 3 * (4 * 5 * 32 + 3 * 4))
     assert "on a 1.0° grid, against truth masks sampled 1x1 per pixel." in table
     # --rescore recomputes every metric from the saved files, without training: spoiled values come back.
     path = out / "runs" / "a-red-cube.sds.json"

@@ -9,6 +9,7 @@ import torch
 
 from dreamnfsd.models.encodings import (
     PRIMES,
+    EncodingBackendMismatch,
     HashEncoding,
     HashEncodingConfig,
     _HashGridFn,
@@ -16,6 +17,8 @@ from dreamnfsd.models.encodings import (
     level_corners,
     level_layout,
     level_rows,
+    resolve_encoding_backend,
+    tcnn_available,
 )
 
 TINY = HashEncodingConfig(n_levels=4, log2_hashmap_size=10, base_resolution=4, per_level_scale=2)
@@ -165,16 +168,47 @@ def test_module_paths_agree():
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in enc.tables)
 
 
-def test_backend_selection_logged_once(caplog):
-    enc = HashEncoding(TINY)
+def test_backend_is_fixed_at_construction_and_logged_once(caplog):
     with caplog.at_level(logging.INFO, logger="dreamnfsd.models.encodings"):
+        enc = HashEncoding(TINY)
         enc(torch.rand(4, 3))
         enc(torch.rand(4, 3))
     msgs = [r.getMessage() for r in caplog.records if "HashEncoding backend" in r.getMessage()]
-    assert len(msgs) == 1 and "torch" in msgs[0]
-    if not torch.cuda.is_available():
-        tc = HashEncoding(HashEncodingConfig(**{**TINY.__dict__, "backend": "tcnn"}))
-        with pytest.raises(RuntimeError, match="tcnn"):
-            tc(torch.rand(4, 3))
-    with pytest.raises(ValueError):
+    assert len(msgs) == 1 and "torch" in msgs[0] and enc.backend == "torch" and enc.tcnn is None
+    assert resolve_encoding_backend("auto", "cpu") == "torch"  # CPU fields never get tcnn parameters
+    if not tcnn_available():
+        with pytest.raises(RuntimeError, match="tcnn needs tinycudann and a CUDA device; use backend=torch"):
+            HashEncoding(HashEncodingConfig(**{**TINY.__dict__, "backend": "tcnn"}), "cuda")
+    with pytest.raises(ValueError, match="auto, torch, tcnn"):
         HashEncoding(HashEncodingConfig(backend="cuda"))
+
+
+def recorded_tcnn_field_state(field) -> dict:
+    """A field state as a CUDA run with tiny-cuda-nn saves it: tcnn's flat parameter vector instead of the tables,
+    and the backend recorded beside it."""
+    state = {k: v for k, v in field.state_dict().items() if not k.startswith("encoding.")}
+    state["encoding.tcnn.params"] = torch.zeros(sum(t.numel() for t in field.encoding.tables))
+    state["encoding._extra_state"] = {"backend": "tcnn"}
+    return state
+
+
+def test_checkpoint_records_the_backend_and_the_other_layout_is_refused_in_one_line(tmp_path):
+    from dreamnfsd.models.field import FieldConfig, build_field
+
+    field = build_field(FieldConfig(kind="sdf", encoding=TINY, hidden_dim=16), "cpu")
+    state = field.state_dict()
+    assert state["encoding._extra_state"] == {"backend": "torch"}
+    # A state dict from before the backend was recorded is a torch one and loads as it always did.
+    legacy = {k: v for k, v in state.items() if k != "encoding._extra_state"}
+    fresh = build_field(FieldConfig(kind="sdf", encoding=TINY, hidden_dim=16), "cpu")
+    fresh.load_state_dict(legacy)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.encoding.tables, field.encoding.tables))
+    # A tcnn checkpoint on a machine that builds torch tables: refused, never silently untrained tables.
+    path = tmp_path / "tcnn.pt"
+    torch.save({"field": recorded_tcnn_field_state(field)}, path)
+    recorded = torch.load(path, weights_only=False)["field"]
+    with pytest.raises(EncodingBackendMismatch) as err:
+        fresh.load_state_dict(recorded)
+    message = str(err.value)
+    assert "\n" not in message and "holds tcnn" in message and "tiny-cuda-nn" in message
+    assert all(torch.equal(a, b) for a, b in zip(fresh.encoding.tables, field.encoding.tables))  # untouched

@@ -382,7 +382,7 @@ def test_render_gradients_reach_the_field(normal_mode):
 
 def test_background_kinds_and_override():
     dirs = F.normalize(torch.randn(2, 3, 4, 3), dim=-1)
-    const = Background(BackgroundConfig(color=(0.1, 0.2, 0.3)))(dirs)
+    const = Background(BackgroundConfig(kind="constant", color=(0.1, 0.2, 0.3)))(dirs)
     assert const.shape == (2, 3, 4, 3) and torch.equal(const[1, 2, 3], torch.tensor([0.1, 0.2, 0.3]))
     mlp = Background(BackgroundConfig(kind="mlp"))(dirs)
     assert mlp.shape == (2, 3, 4, 3) and ((mlp > 0) & (mlp < 1)).all()

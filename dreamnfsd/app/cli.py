@@ -1,4 +1,4 @@
-"""Command-line entry points: ``dreamnfsd`` (Hydra app) and ``dreamnfsd-export``.
+"""Command-line entry points: ``dreamnfsd`` (Hydra app), ``dreamnfsd-export`` and ``dreamnfsd-report``.
 
 ``dreamnfsd`` first composes and checks the config itself (:mod:`dreamnfsd.app.preflight`: values, prior files,
 device, output folder, resume target) and loads the prior, so a user error prints one line, exits with code 2 and
@@ -68,7 +68,7 @@ def _run_sweep(args: list[str]) -> int:
 
     sweep.last_rows = None
     _hydra_main(args)
-    rows = sweep.last_rows or []
+    rows: list[dict] = sweep.last_rows or []  # set by the sweep callback during _hydra_main
     return EXIT_FAILED if any(r.get("status") != "completed" for r in rows) else 0
 
 
@@ -129,6 +129,55 @@ def export_main(argv: list[str] | None = None) -> int:
             raise
         return _fail(str(e))
     print(f"dreamnfsd-export: wrote {out}")
+    return 0
+
+
+REPORT_USAGE = "usage: dreamnfsd-report <run, sweep or benchmark folder> [--jobs] [--debug]"
+
+
+def _report_args(argv: list[str] | None):
+    """``dreamnfsd-report``'s arguments; a mistake is one line and exit 2, like every other bad input here."""
+    import argparse
+
+    class OneLineParser(argparse.ArgumentParser):
+        def error(self, message: str):
+            print(f"dreamnfsd-report: error: {message} — {REPORT_USAGE}", file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR)
+
+    parser = OneLineParser(
+        prog="dreamnfsd-report",
+        description="(Re)build the self-contained report.html of a run folder (outputs/<prompt>/<time>), a sweep "
+        "folder (outputs/sweeps/<time>) or a quality benchmark's --out-dir, and print its path.",
+    )
+    parser.add_argument("folder", help="a run, sweep or benchmark output folder")
+    parser.add_argument("--jobs", action="store_true", help="a sweep: rebuild every job's own report too")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser.parse_args(argv)
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    """``dreamnfsd-report <folder>``: writes ``<folder>/report.html`` (for an older run too) and prints its path
+    last, after what the page weighs."""
+    from pathlib import Path
+
+    from dreamnfsd.utils.errors import UserError
+
+    args = _report_args(argv)
+    try:
+        from dreamnfsd.app.report import build_report, build_sweep_report, report_kind
+
+        folder = Path(args.folder).expanduser()
+        if args.jobs and folder.is_dir() and report_kind(folder) == "sweep":
+            report = build_sweep_report(folder, jobs=True)
+        else:
+            report = build_report(folder)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"dreamnfsd-report: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(f"dreamnfsd-report: the page weighs {report.weight_line()}")
+    print(f"dreamnfsd-report: wrote {report.path}")
     return 0
 
 

@@ -32,12 +32,13 @@ def register_resolvers() -> None:
 
 def one_line(err: BaseException) -> str:
     """Hydra and OmegaConf spread a message over lines and chain causes; keep the informative part on one line."""
-    parts = []
-    while err is not None:
-        text = " ".join(str(err).split())
+    parts: list[str] = []
+    cur: BaseException | None = err
+    while cur is not None:
+        text = " ".join(str(cur).split())
         if text and text not in parts:
             parts.append(text)
-        err = err.__cause__
+        cur = cur.__cause__
     return " — ".join(parts)
 
 

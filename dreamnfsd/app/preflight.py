@@ -123,6 +123,20 @@ def _check_resume(target: ResumeTarget, dcfg, given_prompt: str | None) -> None:
 
 
 # --- output folder, device, prior ---------------------------------------------------------------------------------
+def check_encoding(cfg, device, target: ResumeTarget | None) -> None:
+    """The hash-grid backend this machine builds exists here, and a resumed checkpoint's parameters are of that
+    backend (both checked before anything is written)."""
+    from dreamnfsd.models.encodings import check_encoding_backend, resolve_encoding_backend
+
+    try:
+        backend = resolve_encoding_backend(cfg.field.encoding.backend, device)
+    except RuntimeError as e:
+        raise UserError(str(e)) from e
+    if target is not None and target.state is not None:
+        field_state = (target.state.get("scene") or {}).get("field") or {}
+        check_encoding_backend(field_state, backend, "encoding.")
+
+
 def check_writable(folder: Path, key: str) -> None:
     """``folder`` exists as a writable folder or can be created: its nearest existing ancestor is a writable folder."""
     import os
@@ -259,6 +273,7 @@ def preflight(overrides: list[str], load: bool = True) -> RunPlan:
     cfg = check_config(dcfg)
     device = check_device(cfg.device)
     check_memory(cfg, device)
+    check_encoding(cfg, device, target)
     if target is not None:
         run_dir = target.run_dir
         check_writable(run_dir, "resume")

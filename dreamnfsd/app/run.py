@@ -11,6 +11,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -50,7 +51,8 @@ def export_outputs(scene: Scene, cfg: RunConfig, out_dir: Path) -> dict:
     from dreamnfsd.export.texture import write_textured_meshes
     from dreamnfsd.export.video import normals_to_rgb, side_by_side, write_video
 
-    ec, outputs = cfg.export, {}
+    ec = cfg.export
+    outputs: dict[str, Any] = {}
     out_dir = Path(out_dir)
     device = next(scene.field.parameters()).device
     if ec.mesh:
@@ -64,8 +66,8 @@ def export_outputs(scene: Scene, cfg: RunConfig, out_dir: Path) -> dict:
                 ec.max_faces,
                 level_rays=(origins, dirs),
             )
-            albedo = lambda x: scene.field(x)["albedo"]
-            paths = write_textured_meshes(mesh, albedo, out_dir, ec.texture_size, device=device)
+            albedo_fn = lambda x: scene.field(x)["albedo"]
+            paths = write_textured_meshes(mesh, albedo_fn, out_dir, ec.texture_size, device=device)
             outputs.update({name: str(path) for name, path in paths.items()})
             outputs["mesh_watertight"] = bool(mesh.is_watertight)
             outputs["mesh_volume"] = float(mesh.volume)
@@ -232,11 +234,34 @@ def _os_error_message(e: OSError) -> str:
 
 
 def run_from_hydra(dcfg) -> RunStatus:
-    """Hydra task body: check the config, run, and turn failures into a status (a sweep goes on past them).
+    """Hydra task body: check the config, run, and turn failures into a status (a sweep goes on past them); then,
+    whatever the outcome, write the run's ``report.html`` and print its path last.
 
     Exit codes: 0 completed; 1 failed while running (disk full, NaN abort, a bug); 2 bad input; 130/143 stopped by
     SIGINT/SIGTERM with a checkpoint saved.
     """
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        return _run_and_record(dcfg, run_dir)
+    finally:
+        report_run(run_dir)
+
+
+def report_run(run_dir: Path) -> None:
+    """The run's ``report.html`` (any state: an interrupted or failed run's says so); a report that cannot be
+    written only warns, since the run itself is recorded already."""
+    try:
+        from dreamnfsd.app.report import build_run_report, report_or_warn
+    except ImportError as e:  # an install without the report's package: the run itself is whole
+        log.warning("report.html not written (%s); reinstall dreamnfsd, then run dreamnfsd-report %s", e, run_dir)
+        return
+    if Path(run_dir).is_dir() and (report := report_or_warn(build_run_report, run_dir)) is not None:
+        print(f"dreamnfsd: report: {report.path}", flush=True)
+
+
+def _run_and_record(dcfg, run_dir: Path) -> RunStatus:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
@@ -247,9 +272,7 @@ def run_from_hydra(dcfg) -> RunStatus:
     from dreamnfsd.utils.errors import UserError
     from dreamnfsd.utils.files import OutputWriteError
 
-    hc = HydraConfig.get()
-    in_sweep = hc.mode == RunMode.MULTIRUN
-    run_dir = Path(hc.runtime.output_dir)
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         cfg = to_run_config(dcfg)
         validate(cfg)
@@ -273,12 +296,12 @@ def run_from_hydra(dcfg) -> RunStatus:
             raise
         message, code = _os_error_message(e), 1
     except Exception:
+        text = traceback.format_exc()
+        _record_failure(dcfg, run_dir, text.strip().splitlines()[-1])  # so that its report says it failed
         if not in_sweep:
             raise
         # One broken job must not take the sweep down: keep its traceback beside its outputs.
-        text = traceback.format_exc()
         print(text, file=sys.stderr)
-        _record_failure(dcfg, run_dir, text.strip().splitlines()[-1])
         return RunStatus("failed", 1, in_sweep)
     print(f"dreamnfsd: error: {message}", file=sys.stderr)
     _record_failure(dcfg, run_dir, message)
@@ -321,7 +344,8 @@ def reexport(args) -> Path:
     renderer = saved.get("renderer", {})
     if "normals_mode" in renderer:  # checkpoints written before the setting was renamed
         renderer["normal_mode"] = renderer.pop("normals_mode")
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), saved))
+    # to_object of a structured RunConfig builds a RunConfig instance (its stub says any container).
+    cfg = cast(RunConfig, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), saved)))
     for key, value in (
         ("mesh_resolution", args.mesh_resolution),
         ("threshold", args.threshold),

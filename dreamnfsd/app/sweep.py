@@ -1,4 +1,4 @@
-"""Hydra callback that writes a sweep's ``summary.json`` and ``summary.md`` once every job has ended.
+"""Hydra callback that writes a sweep's ``summary.json``, ``summary.md`` and ``report.html`` once every job has ended.
 
 Each job writes ``<sweep>/<job>/run.json`` itself (status ``completed``, ``failed`` or ``interrupted``, with its
 step, wall time and outputs). A job folder whose ``run.json`` is missing or still says ``running`` / ``exporting``
@@ -9,10 +9,13 @@ prompt, guidance and seed read from the job's ``.hydra/config.yaml``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ("job", "prompt", "guidance", "seed", "status", "step", "steps", "wall_time_s", "run_dir")
 _UNFINISHED = ("running", "exporting")
@@ -86,7 +89,7 @@ def summary_markdown(rows: list[dict], sweep_dir: Path | None = None) -> str:
         cells = {**r, "run_dir": _short(str(r.get("run_dir", "")), sweep_dir)}
         last = _cell(outputs or r.get("error"))
         lines.append("| " + " | ".join(_cell(cells.get(c)) for c in COLUMNS) + f" | {last} |")
-    counts = {}
+    counts: dict[str | None, int] = {}  # by status (None: a row without one)
     for r in rows:
         counts[r.get("status")] = counts.get(r.get("status"), 0) + 1
     tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: str(kv[0])))
@@ -115,3 +118,16 @@ class SweepSummaryCallback(Callback):
             rows = last_rows = write_summary(sweep_dir)
             done = sum(r.get("status") == "completed" for r in rows)
             print(f"dreamnfsd: sweep finished, {done}/{len(rows)} completed; summary in {sweep_dir}/summary.md")
+            report_sweep(sweep_dir)
+
+
+def report_sweep(sweep_dir: Path) -> None:
+    """The sweep's ``report.html`` beside ``summary.md`` (and the report of any job that died without writing its
+    own); a report that cannot be written only warns: the summary is written already."""
+    try:
+        from dreamnfsd.app.report import build_sweep_report, report_or_warn
+    except ImportError as e:  # an install without the report's package: the summary is whole
+        log.warning("report.html not written (%s); reinstall dreamnfsd, then run dreamnfsd-report %s", e, sweep_dir)
+        return
+    if (report := report_or_warn(build_sweep_report, sweep_dir)) is not None:
+        print(f"dreamnfsd: sweep report: {report.path}", flush=True)

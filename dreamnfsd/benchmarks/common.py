@@ -13,10 +13,10 @@ import platform
 import re
 import statistics
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -58,12 +58,15 @@ class Timing:
         return min(self.times)
 
 
+K = TypeVar("K", bound=Hashable)
+
+
 def time_interleaved(
-    variants: dict[Hashable, Callable[[], Any]], reps: int, device: torch.device | str = "cpu"
-) -> dict[Hashable, Timing]:
+    variants: Mapping[K, Callable[[], Any]], reps: int, device: torch.device | str = "cpu"
+) -> dict[K, Timing]:
     """Time every variant ``reps`` times after one warm-up call each, interleaved rep by rep, so that a machine
     whose speed drifts (shared cores, thermal limits) slows all variants alike and their ratios stay fair."""
-    out = {}
+    out: dict[K, Timing] = {}
     for key, fn in variants.items():
         sync(device)
         t = time.perf_counter()

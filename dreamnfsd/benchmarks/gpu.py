@@ -403,7 +403,7 @@ def run(cfg: GPUBenchConfig) -> dict:
     for kind in METHODS:
         methods[kind] = bench_method(run_cfgs[kind], prior, device, cfg.steps, warmup)
         free_cached(device)  # the finished method's scene must not count in the next one's peak
-    alone = {}
+    alone: dict[str, dict] = {}
     for m in methods.values():
         batch = m["unet_batch"]
         alone.setdefault(str(batch), bench_unet_alone(prior, batch, cfg.steps, warmup, device))

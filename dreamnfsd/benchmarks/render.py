@@ -24,7 +24,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +60,11 @@ class RenderBenchConfig:
 class NerfstudioStyleHashEncoding(nn.Module):
     """Every level hashed into its own 2^k slice of one table; corners from ceil/floor of the scaled point; each of
     the 8 corners hashed and gathered separately; blended by lerps along x, y, z; autograd does the backward."""
+
+    # Buffers (registered in __init__), declared for the type checker.
+    scalings: Tensor  # (L,) float64
+    level_offset: Tensor  # (L,) int64
+    primes: Tensor  # (3,) int64
 
     def __init__(self, cfg: HashEncodingConfig):
         super().__init__()
@@ -94,7 +101,7 @@ class NerfstudioStyleHashEncoding(nn.Module):
 def reference_field(cfg: FieldConfig) -> NeRFField:
     """Our field with the encoding swapped for the reference one (same MLP, activation and blob)."""
     f = NeRFField(cfg)
-    f.encoding = NerfstudioStyleHashEncoding(cfg.encoding)
+    f.encoding = NerfstudioStyleHashEncoding(cfg.encoding)  # type: ignore[assignment]  # a duck-typed stand-in
     return f
 
 
@@ -138,7 +145,7 @@ def bench_field(points: int, reps: int, compile_too: bool) -> list[dict]:
     torch.manual_seed(0)
     x = torch.rand(points, 3) * 1.8 - 0.9
     ours, ref = NeRFField(cfg), reference_field(cfg)
-    cases = {
+    cases: dict[tuple[str, str, str], tuple[nn.Module, bool, Tensor]] = {
         ("encoding", "eager", "ours"): (ours.encoding, False, (x + 1) / 2),
         ("encoding", "eager", "reference"): (ref.encoding, False, (x + 1) / 2),
         ("field", "eager", "ours"): (ours, True, x),
@@ -146,10 +153,12 @@ def bench_field(points: int, reps: int, compile_too: bool) -> list[dict]:
     }
     if compile_too:
         cases[("field", "compiled", "ours")] = (NeRFField(FieldConfig(compile=True)), True, x)
-        cases[("field", "compiled", "reference")] = (torch.compile(reference_field(cfg), dynamic=False), True, x)
+        # torch.compile of a module returns an OptimizedModule (an nn.Module); its stub says only "a callable".
+        compiled = cast(nn.Module, torch.compile(reference_field(cfg), dynamic=False))
+        cases[("field", "compiled", "reference")] = (compiled, True, x)
     variants = {key: (lambda m=m, f=f, i=i: fwd_bwd(m, i, f)) for key, (m, f, i) in cases.items()}
     timings = time_interleaved(variants, reps)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for (what, mode, impl), t in timings.items():
         rows.append(
             {
@@ -193,20 +202,20 @@ def bench_render(renderer: VolumeRenderer, res: int, reps: int) -> dict:
     target = reference_render(o, d)
     dense = VolumeRenderer(renderer.field, None, renderer.background, renderer.cfg)
     n_rays = o.shape[0] * res * res
-    flat = [t.reshape(-1, 3) for t in (o, d, bg)]
+    o_flat, d_flat, bg_flat = (t.reshape(-1, 3) for t in (o, d, bg))
 
-    def ours(r: VolumeRenderer):
+    def ours(r: VolumeRenderer) -> Callable[[], dict]:
         return lambda: r.render(o, d, background_color=bg)
 
     def naive() -> dict:
-        out = naive_render(renderer.field, *flat, renderer.bound, renderer.step_size)
+        out = naive_render(renderer.field, o_flat, d_flat, bg_flat, renderer.bound, renderer.step_size)
         return {"rgb": out["rgb"].view_as(o), "num_samples": out["num_samples"]}
 
     variants = {"ours_grid": ours(renderer), "ours_no_grid": ours(dense), "naive_dense": naive}
     with torch.no_grad():
         timings = time_interleaved(variants, reps)
     reference_rgb = timings["naive_dense"].first_output["rgb"]
-    results = {}
+    results: dict[str, Any] = {}
     for k, t in timings.items():
         out = t.first_output
         results[k] = {
@@ -218,6 +227,7 @@ def bench_render(renderer: VolumeRenderer, res: int, reps: int) -> dict:
             "mse_vs_naive": float((out["rgb"] - reference_rgb).square().mean()),
             "speedup_vs_naive": timings["naive_dense"].median_s / t.median_s,
         }
+    assert renderer.grid is not None  # train_scene's renderer has a grid
     results["grid_occupied_fraction"] = renderer.grid.occupied_fraction()
     return results
 

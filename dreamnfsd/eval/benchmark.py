@@ -25,6 +25,7 @@ import json
 import math
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,7 +35,7 @@ import torch
 from dreamnfsd.cameras import CameraBatch
 from dreamnfsd.data import COLORS, SHAPES, make_cameras, render_primitives
 from dreamnfsd.eval.classifier import classify
-from dreamnfsd.eval.geometry import mesh_geometry_metrics
+from dreamnfsd.eval.geometry import GeometrySettings, mesh_geometry_metrics
 from dreamnfsd.eval.metrics import (
     ROTATION_STEP_DEG,
     TRUTH_SUPERSAMPLE,
@@ -54,10 +55,15 @@ from dreamnfsd.utils.files import atomic_output, atomic_write_bytes
 # resumes) has covered the shapes evenly.
 ALL_PROMPTS = [f"a {COLORS[(i + k) % len(COLORS)]} {SHAPES[i]}" for k in range(len(COLORS)) for i in range(len(SHAPES))]
 QUICK_PROMPTS = ["a red cube", "a blue sphere"]
+# --quick (CI-sized) measures with 10x fewer surface samples: a nearly untrained mesh is far from the truth, and
+# nearest-neighbour queries that far away cost about (distance / sample spacing)^2 each.
+QUICK_GEOMETRY = GeometrySettings(n_samples=20_000, lines=128)
 # (elevation°, azimuths°): side views, mid views, and a near-overhead pair 45° apart.
 VIEW_GROUPS = {"side": (15.0, range(0, 360, 45)), "mid": (45.0, range(0, 360, 90)), "top": (85.0, (0, 45))}
 # Sizes tried by the IoU-at-any-scale diagnostic: the prior's training jitter (±10%) and a little beyond.
 FIT_SCALES = torch.arange(0.85, 1.151, 0.01)
+# The contact sheets' views, in view_cameras order: every other side view (0, 90, 180, 270 deg) and the first top.
+CONTACT_VIEWS = [0, 2, 4, 6, 12]
 AMBIENT = 0.3  # the built-in domain's renders use 0.3 ambient + 0.7 diffuse
 DEPTH_SCALE = 10_000  # depth PNGs are uint16 in units of 1/DEPTH_SCALE (6.5 world units at most)
 MESH_QUANT = 65535  # saved mesh vertices are uint16 over [-bound, bound]
@@ -159,7 +165,9 @@ def load_mesh(path: Path):
     return trimesh.Trimesh(vertices=vertices, faces=data["faces"], process=False)
 
 
-def evaluate(trainer: Trainer, prompt: str, classifier, resolution: int) -> tuple[dict, dict]:
+def evaluate(
+    trainer: Trainer, prompt: str, classifier, resolution: int, geometry_settings: GeometrySettings | None = None
+) -> tuple[dict, dict]:
     """Metrics of a trained run and what :func:`save_run` keeps of it: {"views" (5, H, W, 3) for the contact sheet,
     "opacity" (V, H, W), "normal" (V, H, W, 3), "depth" (V, H, W), "mesh"}."""
     colour, shape = prompt.split()[1:3]
@@ -179,7 +187,8 @@ def evaluate(trainer: Trainer, prompt: str, classifier, resolution: int) -> tupl
         ec.max_faces,
         level_rays=level_rays(cfg.camera, cfg.export, torch.device("cpu")),
     )
-    geometry = mesh_geometry_metrics(mesh, shape)
+    gs = geometry_settings or GeometrySettings()
+    geometry = mesh_geometry_metrics(mesh, shape, gs)
     result = {
         "r_precision": float(correct.float().mean()),
         "r_precision_by_group": {g: float(correct[s].float().mean()) for g, s in groups.items()},
@@ -188,12 +197,13 @@ def evaluate(trainer: Trainer, prompt: str, classifier, resolution: int) -> tupl
         "broken_view_share": float(broken_views(shaded["opacity"]).float().mean()),
         "predicted": [f"a {COLORS[c]} {SHAPES[s]}" for s, c in zip(shape_idx.tolist(), colour_idx.tolist())],
         "geometry": geometry,
+        "geometry_settings": asdict(gs),
         "image_geometry": image_geometry_metrics(
             shaded["normal"], shaded["depth"][..., 0], masks, shape, geometry["rotation_deg"]
         ),
     }
     kept = {
-        "views": torch.cat([shaded["rgb"][groups["side"]][::2], shaded["rgb"][groups["top"]][:1]]),
+        "views": shaded["rgb"][CONTACT_VIEWS],
         "opacity": shaded["opacity"][..., 0],
         "normal": shaded["normal"],
         "depth": shaded["depth"][..., 0],
@@ -202,7 +212,9 @@ def evaluate(trainer: Trainer, prompt: str, classifier, resolution: int) -> tupl
     return result, kept
 
 
-def run_one(cfg: RunConfig, prior, classifier, resolution: int) -> tuple[dict, dict]:
+def run_one(
+    cfg: RunConfig, prior, classifier, resolution: int, geometry_settings: GeometrySettings | None = None
+) -> tuple[dict, dict]:
     """Train one run of a composed config (``cfg: RunConfig``) on the CPU and evaluate it."""
     prompt = cfg.prompt
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,7 +222,7 @@ def run_one(cfg: RunConfig, prior, classifier, resolution: int) -> tuple[dict, d
         started = time.perf_counter()
         trainer.fit(SimpleNamespace(requested=None))
         wall = time.perf_counter() - started
-        metrics, kept = evaluate(trainer, prompt, classifier, resolution)
+        metrics, kept = evaluate(trainer, prompt, classifier, resolution, geometry_settings)
     metrics.update(
         prompt=prompt,
         method=cfg.guidance.kind,
@@ -265,6 +277,11 @@ def read_views(path: Path) -> torch.Tensor:
     return torch.stack(strip.split(strip.shape[0], dim=1))
 
 
+def normal_views(runs_dir: Path, key: str) -> torch.Tensor:
+    """A saved run's rendered normals (as colours) at the contact sheet's views (V, H, W, 3)."""
+    return read_views(runs_dir / f"{key}.normal.png")[CONTACT_VIEWS]
+
+
 def load_finished(runs_dir: Path, keys: list[str], expect: dict) -> dict[str, tuple[dict, torch.Tensor]]:
     """Saved runs by key: (metrics, contact-sheet views (V, H, W, 3)). A run recorded with other settings than
     ``expect`` (steps, seed, overrides, prior) stops the benchmark instead of mixing into its report."""
@@ -296,7 +313,9 @@ def rescore(runs_dir: Path, done: dict, resolution: int) -> None:
         metrics.update(mask_metrics(masks, shape, resolution))
         mesh_path = runs_dir / f"{key}.mesh.npz"
         if mesh_path.exists():
-            metrics["geometry"] = mesh_geometry_metrics(load_mesh(mesh_path), shape)
+            # Measured as it was (a run saved before settings were recorded used the defaults).
+            gs = GeometrySettings(**metrics.get("geometry_settings", {}))
+            metrics["geometry"] = mesh_geometry_metrics(load_mesh(mesh_path), shape, gs)
             # Colours back to normals, undoing the compositing over white by opacity.
             rgb = read_views(runs_dir / f"{key}.normal.png")
             normal = (rgb - (1 - opacity[..., None])) / opacity[..., None].clamp(min=1e-3) * 2 - 1
@@ -334,4 +353,16 @@ def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, 
     sheet = contact_sheet({p: {m: done[run_key(p, m)][1] for m in methods} for p in paired}, methods)
     with atomic_output(out / "contact_sheet.png") as tmp:
         imageio.imwrite(tmp, to_uint8(sheet), format="png")
+    # The same views shaded beside their rendered normals, per method: a fog or a bumpy surface shows at once.
+    shaded_and_normals = {
+        p: {
+            f"{m}{part}": done[run_key(p, m)][1] if part == "" else normal_views(out / "runs", run_key(p, m))
+            for m in methods
+            for part in ("", " normals")
+        }
+        for p in paired
+    }
+    labels = [f"{m}{part}" for m in methods for part in ("", " normals")]
+    with atomic_output(out / "geometry_sheet.png") as tmp:
+        imageio.imwrite(tmp, to_uint8(contact_sheet(shaded_and_normals, labels, upscale=3)), format="png")
     return table

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +69,8 @@ def load_classifier(folder: str | Path = DEFAULT_DIR) -> PrimitiveClassifier:
     folder = Path(folder)
     raw = json.loads((folder / CONFIG).read_text())
     fields = ClassifierConfig.__dataclass_fields__
-    cfg = ClassifierConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields})
+    kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields}
+    cfg = ClassifierConfig(**kwargs)
     model = PrimitiveClassifier(cfg)
     model.load_state_dict(load_file(folder / WEIGHTS))
     return model.eval()

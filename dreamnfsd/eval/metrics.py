@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from dreamnfsd.data import ALBEDO, render_primitives
+from dreamnfsd.eval.geometry import SYMMETRY_PERIOD_DEG
 
 
 def mask_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -59,9 +60,12 @@ def best_rotation_iou(
     the object about the vertical axis (a generated object may be turned; that is not an error), searched on a
     ``step_deg`` grid.
 
+    Only one symmetry period of the primitive is searched (a cube's 90 degrees; one angle for the round shapes):
+    the rest repeat the same silhouettes.
+
     Returns (IoU, the rotation in degrees that reaches it)."""
     best = (0.0, 0.0)
-    for delta in torch.arange(0.0, 360.0, step_deg).tolist():
+    for delta in torch.arange(0.0, SYMMETRY_PERIOD_DEG.get(shape, step_deg), step_deg).tolist():
         truth = true_masks(shape, azimuth - math.radians(delta), elevation, pred.shape[-1])
         best = max(best, (float(mask_iou(pred, truth).mean()), delta), key=lambda r: r[0])
     return best

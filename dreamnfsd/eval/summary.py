@@ -4,6 +4,7 @@ a markdown table and a contact sheet (plain functions of the runs' metric dicts)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -161,7 +162,7 @@ def check_targets(summary: dict, runs: list[dict]) -> list[tuple[str, str, bool]
     return rows
 
 
-def markdown(summary: dict, runs: list[dict], overrides: list[str] = (), missing: list[str] = ()) -> str:
+def markdown(summary: dict, runs: list[dict], overrides: Sequence[str] = (), missing: Sequence[str] = ()) -> str:
     """The report: 3D headline per method, per shape, the targets, the silhouette tables and every run."""
     has_3d = all("iou3d" in s for s in summary.values())
     lines = []

@@ -272,7 +272,7 @@ def closest_point_barycentric(p: np.ndarray, tri: np.ndarray) -> tuple[np.ndarra
         points inside or on the triangle.
     """
     inside_bary = _barycentric(p, tri)
-    inside = (inside_bary >= 0.0).all(axis=-1)
+    inside: np.ndarray = np.all(inside_bary >= 0.0, axis=-1)  # (K,) bool
     bary = np.where(inside[:, None], inside_bary, 0.0)
     dist = np.zeros(len(p))
     # Outside: the nearest point of the three edges (a, b), (b, c), (c, a).
@@ -316,10 +316,10 @@ def _query_albedo(
             got = tuple(rgb.shape) if isinstance(rgb, Tensor) else type(rgb).__name__
             raise ValueError(f"bake: albedo_fn gave {got} for {len(part)} points; expected a ({len(part)}, 3) tensor")
         out.append(rgb.detach().float().cpu())
-    rgb = torch.cat(out).numpy()
-    if not np.isfinite(rgb).all():
+    colours = torch.cat(out).numpy()
+    if not np.isfinite(colours).all():
         raise ValueError("bake: albedo_fn gave NaN or infinite colours")
-    return rgb.clip(0.0, 1.0)
+    return colours.clip(0.0, 1.0)
 
 
 def bake_albedo(

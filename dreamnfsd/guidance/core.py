@@ -75,6 +75,11 @@ class GuidanceConfig:
                 f"guidance.t_anneal_end: {self.t_anneal_end} must lie inside t_range {tuple(self.t_range)}; "
                 "e.g. guidance.t_anneal_end=0.5"
             )
+        if self.kind == "nfsd" and not self.negative_prompt.strip():
+            raise UserError(
+                "guidance.negative_prompt: NFSD needs a negative prompt (its delta_D for t >= nfsd_t_threshold); "
+                "drop the override to use the paper's default"
+            )
         if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
             raise UserError(
                 f"guidance.grad_clip: {self.grad_clip} must be positive, or null to disable; e.g. guidance.grad_clip=1"
@@ -180,6 +185,7 @@ def guidance_step(
     t_in = torch.cat([t, t, t[neg_rows_dev]])
     emb = [text.uncond.expand(b, -1, -1), text.cond]
     if k:
+        assert text.negative is not None, "NFSD needs p_neg's embedding"  # validate() refuses an empty prompt
         emb.append(text.negative.expand(k, -1, -1))
     with torch.no_grad():
         eps_all = prior.predict_noise(

@@ -30,6 +30,8 @@ def frequency_encode(x: Tensor, n_frequencies: int) -> Tensor:
 class Background(nn.Module):
     """forward(dirs (..., 3) unit view directions) -> rgb (..., 3) in [0, 1]."""
 
+    color: Tensor  # (3,) buffer registered in __init__, declared for the type checker
+
     def __init__(self, cfg: BackgroundConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or BackgroundConfig()

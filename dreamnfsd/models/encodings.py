@@ -29,9 +29,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dreamnfsd.utils.errors import UserError
+
 log = logging.getLogger(__name__)
 
 PRIMES = (1, 2654435761, 805459861)
+BACKENDS = ("auto", "torch", "tcnn")
 
 
 def _as_int32(p: int) -> int:
@@ -47,7 +50,7 @@ class HashEncodingConfig:
     base_resolution: int = 16
     per_level_scale: float = 1.447
     init_scale: float = 1e-4  # uniform(-s, s) as in Instant-NGP
-    backend: str = "auto"  # auto | torch | tcnn  (auto: tcnn when importable and the input is on CUDA)
+    backend: str = "auto"  # auto | torch | tcnn  (auto: tcnn when importable and the field is built on CUDA)
 
 
 @dataclass(frozen=True)
@@ -90,15 +93,15 @@ def level_corners(x: Tensor, res: int, dense: bool, log2_size: int) -> tuple[lis
     if dense:
         r1 = res + 1
         base = cx + cy * r1 + cz * (r1 * r1)
-        steps = (0, 1, r1, r1 + 1)
-        steps = steps + tuple(s + r1 * r1 for s in steps)
-        return [(base + s).long() for s in steps], frac
+        face: tuple[int, ...] = (0, 1, r1, r1 + 1)
+        offsets = face + tuple(s + r1 * r1 for s in face)
+        return [(base + s).long() for s in offsets], frac
     # Per-axis terms first: 6 products and 4 + 8 XORs give all 8 hashed corners.
     p1, p2 = _as_int32(PRIMES[1]), _as_int32(PRIMES[2])
-    hy, hz = cy * p1, cz * p2
+    y0, z0 = cy * p1, cz * p2
     hx = (cx, cx + 1)  # prime 1: x-neighbours usually share a cache line
-    hy = (hy, hy + p1)
-    hz = (hz, hz + p2)
+    hy = (y0, y0 + p1)
+    hz = (z0, z0 + p2)
     xy = [hx[0] ^ hy[0], hx[1] ^ hy[0], hx[0] ^ hy[1], hx[1] ^ hy[1]]
     mask = (1 << log2_size) - 1
     return [((a ^ z) & mask).long() for z in hz for a in xy], frac
@@ -227,43 +230,93 @@ def _make_tcnn(cfg: HashEncodingConfig) -> nn.Module:
     return tcnn.Encoding(3, spec, dtype=torch.float32)
 
 
+def resolve_encoding_backend(requested: str, device: torch.device | str | None = None) -> str:
+    """The backend an encoding built for ``device`` uses: "torch" or "tcnn" (auto: tcnn on CUDA when importable).
+
+    Fixed once, at construction: the two keep different parameters, so choosing per call (as an earlier version
+    did) let a field trained with tcnn be exported or resumed on a CPU with its untrained torch tables.
+    """
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown hash encoding backend {requested!r}; use one of {', '.join(BACKENDS)}")
+    on_cuda = torch.device(device or "cpu").type == "cuda"
+    if requested == "tcnn" and not (on_cuda and tcnn_available()):
+        raise RuntimeError("field.encoding.backend=tcnn needs tinycudann and a CUDA device; use backend=torch")
+    if requested == "auto":
+        return "tcnn" if on_cuda and tcnn_available() else "torch"
+    return requested
+
+
+class EncodingBackendMismatch(UserError):
+    """A state dict written by one encoding backend loaded into an encoding built with the other."""
+
+
+def saved_encoding_backend(state_dict: dict, prefix: str = "") -> str:
+    """The backend whose parameters a hash encoding's state dict holds ("torch" when it predates the record)."""
+    extra = state_dict.get(prefix + "_extra_state")
+    return extra.get("backend", "torch") if isinstance(extra, dict) else "torch"
+
+
+def check_encoding_backend(state_dict: dict, backend: str, prefix: str = "") -> None:
+    """Refuse, in one line naming the fix, a state dict of the other backend: tiny-cuda-nn's grid has its own
+    resolutions and vertex offsets, so its parameters have no exact counterpart in the torch tables."""
+    saved = saved_encoding_backend(state_dict, prefix)
+    if saved == backend:
+        return
+    fix = (
+        "resume or export it on a CUDA machine with tiny-cuda-nn installed"
+        if saved == "tcnn"
+        else "resume it with field.encoding.backend=torch"
+    )
+    raise EncodingBackendMismatch(
+        f"field.encoding.backend: the checkpoint holds {saved} hash-grid parameters but this machine builds a "
+        f"{backend} encoding, and the two layouts cannot be converted exactly; {fix}"
+    )
+
+
 class HashEncoding(nn.Module):
     """Multiresolution hash encoding. forward(x (N, 3) in [0, 1]) -> (N, n_levels * n_features_per_level).
 
-    One parameter per level (``tables.<l>``, rows x features): a level's gradient is then at most 4 MiB (F=2,
-    2**19 rows), below glibc's 32 MiB mmap threshold, so its buffer is reused instead of page-faulted afresh.
+    The backend is fixed when the module is built (:func:`resolve_encoding_backend`) and holds the only
+    parameters: the torch tables (one parameter per level, ``tables.<l>``, rows x features: a level's gradient is
+    then at most 4 MiB (F=2, 2**19 rows), below glibc's 32 MiB mmap threshold, so its buffer is reused instead of
+    page-faulted afresh) or tiny-cuda-nn's flat parameter vector. The backend travels in the state dict
+    (``_extra_state``), so a checkpoint says which layout it holds and loading it into the other one refuses.
     """
 
-    def __init__(self, cfg: HashEncodingConfig | None = None):
+    def __init__(self, cfg: HashEncodingConfig | None = None, device: torch.device | str | None = None):
         super().__init__()
         self.cfg = cfg = cfg or HashEncodingConfig()
-        if cfg.backend not in ("auto", "torch", "tcnn"):
-            raise ValueError(f"unknown hash encoding backend {cfg.backend!r}")
+        self.backend = resolve_encoding_backend(cfg.backend, device)
         self.out_dim = cfg.n_levels * cfg.n_features_per_level
         self.levels = level_layout(cfg)
-        self.tables = nn.ParameterList(
-            nn.Parameter((torch.rand(level_rows(lv), cfg.n_features_per_level) * 2 - 1) * cfg.init_scale)
-            for lv in self.levels
-        )
-        # tcnn keeps its own parameters (its own layout), so that backend owns a separate table. It is built here,
-        # not lazily, so that optimizers created after construction see its parameters.
-        self.tcnn = _make_tcnn(cfg) if cfg.backend != "torch" and tcnn_available() else None
-        self._logged: str | None = None
+        self.tables = nn.ParameterList()
+        self.tcnn: nn.Module | None = None
+        if self.backend == "tcnn":
+            self.tcnn = _make_tcnn(cfg)
+        else:
+            self.tables.extend(
+                nn.Parameter((torch.rand(level_rows(lv), cfg.n_features_per_level) * 2 - 1) * cfg.init_scale)
+                for lv in self.levels
+            )
+        log.info("HashEncoding backend: %s (config %s)", self.backend, cfg.backend)
 
-    def backend_for(self, x: Tensor) -> str:
-        """The backend used for an input on x's device (auto: tcnn on CUDA when importable). Logged once."""
-        want = self.cfg.backend
-        if want == "tcnn" and (self.tcnn is None or not x.is_cuda):
-            raise RuntimeError("backend='tcnn' needs tinycudann, a CUDA device and CUDA inputs")
-        if want == "auto":
-            want = "tcnn" if x.is_cuda and self.tcnn is not None else "torch"
-        if self._logged != want:
-            log.info("HashEncoding backend: %s (config %s, device %s)", want, self.cfg.backend, x.device.type)
-            self._logged = want
-        return want
+    def get_extra_state(self) -> dict:
+        return {"backend": self.backend}
+
+    def set_extra_state(self, state: dict) -> None:
+        pass  # checked in _load_from_state_dict, before any parameter is copied
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs):
+        key = prefix + "_extra_state"
+        # Checkpoints written before the backend was recorded hold torch tables.
+        state_dict.setdefault(key, {"backend": "torch"})
+        check_encoding_backend(state_dict, self.backend, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.backend_for(x) == "tcnn":
+        if self.tcnn is not None:
+            if not x.is_cuda:
+                raise RuntimeError("a tcnn hash encoding takes CUDA inputs; build it with backend=torch for the CPU")
             return self.tcnn(x.contiguous()).float()
         x = x.clamp(0.0, 1.0)
         tables = list(self.tables)

@@ -8,6 +8,7 @@ see :class:`HashGridField`. :mod:`dreamnfsd.models.sdf_field` holds the signed-d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -81,10 +82,17 @@ class HashGridField(nn.Module):
     ``forward(x)`` -> {"density", "albedo", ...}, ``normals(x)`` (N, 3) and ``render_samples``.
     """
 
-    def __init__(self, cfg: FieldConfig):
+    if TYPE_CHECKING:  # what every subclass defines, declared for the type checker only (no runtime change)
+
+        def density(self, x: Tensor) -> Tensor: ...
+
+        def normals(self, x: Tensor, mode: str | None = None) -> Tensor: ...
+
+    def __init__(self, cfg: FieldConfig, device: torch.device | str | None = None):
         super().__init__()
         self.cfg = cfg
-        self.encoding = HashEncoding(cfg.encoding)
+        # The encoding's backend is fixed here, for the device the field is built for.
+        self.encoding = HashEncoding(cfg.encoding, device)
         self.mlp = MLP(self.encoding.out_dim, cfg.hidden_dim, cfg.n_hidden_layers, 4)
         self._mlp_compiled = torch.compile(self.mlp, dynamic=True) if cfg.compile else None
 
@@ -118,13 +126,13 @@ class HashGridField(nn.Module):
 class NeRFField(HashGridField):
     """density(x) (N,), forward(x) -> {"density", "albedo"}, normals(x) (N, 3). x in world units (N, 3)."""
 
-    def __init__(self, cfg: FieldConfig | None = None):
+    def __init__(self, cfg: FieldConfig | None = None, device: torch.device | str | None = None):
         cfg = cfg or FieldConfig()
         if cfg.density_activation not in ("trunc_exp", "softplus"):
             raise ValueError(f"unknown density activation {cfg.density_activation!r}")
         if cfg.normal_mode not in ("finite_difference", "autograd"):
             raise ValueError(f"unknown normal mode {cfg.normal_mode!r}")
-        super().__init__(cfg)
+        super().__init__(cfg, device)
 
     def _sigma(self, pre: Tensor, x: Tensor) -> Tensor:
         if self.cfg.blob_density != 0.0:
@@ -168,12 +176,13 @@ class NeRFField(HashGridField):
         return -F.normalize(grad, dim=-1)
 
 
-def build_field(cfg: FieldConfig) -> HashGridField:
-    """The field ``cfg.kind`` names: a :class:`NeRFField` or an :class:`~dreamnfsd.models.sdf_field.SDFField`."""
+def build_field(cfg: FieldConfig, device: torch.device | str | None = None) -> HashGridField:
+    """The field ``cfg.kind`` names: a :class:`NeRFField` or an :class:`~dreamnfsd.models.sdf_field.SDFField`,
+    its encoding backend chosen for ``device`` (the caller still moves the field there)."""
     if cfg.kind == "sdf":
         from dreamnfsd.models.sdf_field import SDFField
 
-        return SDFField(cfg)
+        return SDFField(cfg, device)
     if cfg.kind == "density":
-        return NeRFField(cfg)
+        return NeRFField(cfg, device)
     raise ValueError(f"unknown field kind {cfg.kind!r}")

@@ -56,8 +56,12 @@ class SDFField(HashGridField):
     point density is needed without a ray (the occupancy grid, nerfacc's sample skipping).
     """
 
-    def __init__(self, cfg: FieldConfig | None = None):
-        super().__init__(cfg or FieldConfig(kind="sdf"))
+    # Buffers (registered in __init__), declared for the type checker.
+    sharpness: Tensor  # () NeuS's s
+    tetra: Tensor  # (4, 3) finite-difference offsets
+
+    def __init__(self, cfg: FieldConfig | None = None, device: torch.device | str | None = None):
+        super().__init__(cfg or FieldConfig(kind="sdf"), device)
         sc = self.cfg.sdf
         self.register_buffer("sharpness", torch.tensor(float(sc.sharpness_start)))
         self.register_buffer("tetra", torch.tensor(_TETRA) * self.cfg.fd_eps, persistent=False)

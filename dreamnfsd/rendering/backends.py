@@ -75,6 +75,7 @@ def nerfacc_march(
     transmittance falls below early_stop_eps (one extra no-grad density pass, nerfacc's way)."""
 
     def _sigma(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
+        assert sigma_fn is not None  # only handed to nerfacc when there is one
         mid = 0.5 * (t_starts + t_ends)
         return sigma_fn(origins[ray_indices] + mid[:, None] * dirs[ray_indices])
 

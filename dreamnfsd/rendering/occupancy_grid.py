@@ -65,6 +65,12 @@ def cell_points(cells: Tensor, aabb: Tensor, resolution: int, jitter: Tensor | N
 class OccupancyGrid(nn.Module):
     """Binary occupancy over [-bound, bound]^3, updated from a density function; all state is in buffers."""
 
+    # Buffers (registered in __init__), declared for the type checker.
+    aabb: Tensor  # (6,) float32: min xyz, max xyz
+    occs: Tensor  # (C,) float32 running maximum per cell
+    binaries: Tensor  # (R, R, R) bool
+    bitfield: Tensor  # (C / 8,) uint8
+
     def __init__(self, cfg: OccupancyGridConfig | None = None, bound: float = 1.0):
         super().__init__()
         self.cfg = cfg = cfg or OccupancyGridConfig()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,9 @@ from dreamnfsd.rendering import backends
 from dreamnfsd.rendering.compositing import accumulate_along_rays, distortion_loss, render_weights
 from dreamnfsd.rendering.occupancy_grid import OccupancyGrid
 from dreamnfsd.rendering.ray_marching import PackedSamples, march, sample_points
+
+if TYPE_CHECKING:
+    from dreamnfsd.models.field import HashGridField
 
 SHADINGS = ("albedo", "lambertian", "textureless")
 
@@ -38,8 +42,10 @@ class RendererConfig:
 class VolumeRenderer(nn.Module):
     """Renders a field inside the grid's box. ``grid=None`` marches densely (every step inside the box)."""
 
+    aabb: Tensor  # (6,) buffer registered in __init__, declared for the type checker
+
     def __init__(
-        self, field: nn.Module, grid: OccupancyGrid | None, background: nn.Module, cfg: RendererConfig | None = None
+        self, field: HashGridField, grid: OccupancyGrid | None, background: nn.Module, cfg: RendererConfig | None = None
     ):
         super().__init__()
         self.cfg = cfg = cfg or RendererConfig()
@@ -162,7 +168,7 @@ class VolumeRenderer(nn.Module):
             weights, _, _ = render_weights(fo["density"], deltas, samples.ray_indices, samples.ranks, n)
         pts = sample_points(o, d, samples)
         ray = samples.ray_indices
-        out = {"n": int(pts.shape[0]), "n_normal": 0}
+        out: dict[str, Tensor | int] = {"n": int(pts.shape[0]), "n_normal": 0}
         for key in ("eikonal", "curvature"):
             if key in fo:
                 out[key] = fo[key].sum()
@@ -230,7 +236,7 @@ class VolumeRenderer(nn.Module):
             lo, size = lo + size, size * 2
             if idx.numel() == 0:
                 continue
-            sub = PackedSamples(*(t[idx] for t in samples[:4]), n)
+            sub = _take(samples, idx)
             fo = self._field_at(o, d, sub)
             tau = fo["density"].detach() * (sub.t_ends - sub.t_starts)
             tau_sum.index_add_(0, sub.ray_indices, tau)
@@ -240,7 +246,7 @@ class VolumeRenderer(nn.Module):
             if not alive.any():
                 break
         idx = torch.cat(picked)
-        sub = PackedSamples(*(t[idx] for t in samples[:4]), n)
+        sub = _take(samples, idx)
         return sub, {k: torch.cat([fo[k] for fo in outs]) for k in outs[0]}
 
     def _normals(self, pts: Tensor, weights: Tensor) -> tuple[Tensor, int]:
@@ -263,6 +269,13 @@ class VolumeRenderer(nn.Module):
         diffuse = (normals * to_light).sum(-1, keepdim=True).clamp(min=0.0)
         lum = ambient + (1.0 - ambient) * diffuse
         return lum.expand(-1, 3) if shading == "textureless" else albedo * lum
+
+
+def _take(samples: PackedSamples, idx: Tensor) -> PackedSamples:
+    """The samples at positions ``idx`` (same rays: n_rays is kept)."""
+    return PackedSamples(
+        samples.ray_indices[idx], samples.t_starts[idx], samples.t_ends[idx], samples.ranks[idx], samples.n_rays
+    )
 
 
 def _empty_field(o: Tensor) -> dict[str, Tensor]:

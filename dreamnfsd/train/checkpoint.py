@@ -62,11 +62,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # torch raises several types for truncated or foreign files
         m = _NAME.match(Path(path).name)
-        earlier = [
-            p
-            for p in list_checkpoints(run_dir_of(path))
-            if m is None or int(_NAME.match(p.name).group(1)) < int(m.group(1))
-        ]
+        # list_checkpoints returns only names that match _NAME, so step_of never sees another name.
+        step_of = lambda p: int(_NAME.fullmatch(p.name).group(1))  # type: ignore[union-attr]  # noqa: E731
+        earlier = [p for p in list_checkpoints(run_dir_of(path)) if m is None or step_of(p) < int(m.group(1))]
         fix = (
             f"resume from the one before with resume={earlier[-1]}"
             if earlier

@@ -23,7 +23,7 @@ LOGGERS = ("jsonl", "tensorboard")
 
 def read_metrics(path: Path) -> list[dict]:
     """The well-formed records of a metrics file, in order (a torn or foreign line is skipped)."""
-    records = []
+    records: list[dict] = []
     try:
         lines = Path(path).read_text().splitlines()
     except FileNotFoundError:

@@ -38,7 +38,7 @@ def build_scene(cfg: RunConfig, device: torch.device, generator: torch.Generator
 
     ``generator`` (on ``device``) drives the grid's jittered initial marking.
     """
-    field = build_field(cfg.field).to(device)
+    field = build_field(cfg.field, device).to(device)
     grid = OccupancyGrid(cfg.grid, bound=cfg.field.bound).to(device)
     background = Background(cfg.background).to(device)
     renderer = VolumeRenderer(field, grid, background, cfg.renderer)

@@ -10,6 +10,10 @@ import os
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from signal import _HANDLER  # typeshed's name for what signal.signal takes and returns
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -36,7 +40,7 @@ class StopRequest:
     def __init__(self, immediate: bool = False) -> None:
         self.requested: str | None = None
         self.immediate = immediate
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, _HANDLER] = {}
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name

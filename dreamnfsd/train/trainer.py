@@ -199,6 +199,7 @@ class Trainer:
                 if weight > 0 and f"{name}_loss" in out:
                     terms[name], weights[name] = out[f"{name}_loss"], weight
             loss = sum(weights[k] * v for k, v in terms.items())
+            assert isinstance(loss, torch.Tensor)  # terms always holds the guidance loss, so the sum is a tensor
         with timer("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -270,13 +271,18 @@ class Trainer:
         speed = (self.step - last_step) / (self.wall_time - last_wall) if self.wall_time > last_wall else math.nan
         self._log_mark = (self.step, self.wall_time)
         groups = ("encoding", "mlp", "background")
-        scalars = {"loss": result.loss, "t": result.t_mean, **{f"loss_{k}": v for k, v in result.terms.items()}}
+        scalars: dict[str, torch.Tensor | float] = {
+            "loss": result.loss,
+            "t": result.t_mean,
+            **{f"loss_{k}": v for k, v in result.terms.items()},
+        }
         if result.grad_norm is not None:
             scalars["grad_norm"] = result.grad_norm
         scalars.update({f"lr_{n}": g["lr"] for n, g in zip(groups, self.optimizer.param_groups)})
         scalars.update(steps_per_s=speed, skipped=self.total_skips)
-        if hasattr(self.scene.field, "sharpness"):
-            scalars["sharpness"] = self.scene.field.sharpness
+        sharpness = getattr(self.scene.field, "sharpness", None)  # an SDF field's NeuS sharpness (a buffer)
+        if sharpness is not None:
+            scalars["sharpness"] = sharpness
         self.metrics.log(self.step, {k: float(v) for k, v in scalars.items()})
 
     def _handle_nonfinite(self) -> None:

@@ -179,6 +179,7 @@ def init_steps(record: dict) -> list[int]:
 def init_from_export(cfg: PriorTrainConfig, state: TrainState) -> None:
     """Load the exported prior ``cfg.init_from`` into ``state`` and take over its option history and step; the
     optimiser and random streams stay fresh. Raises :class:`UserError` if its pose embedding differs."""
+    assert cfg.init_from is not None  # callers only come here with an export to start from
     meta = load_metadata(cfg.init_from)
     if meta.get("pose_harmonics", 0) != cfg.pose_harmonics:
         raise UserError(
