@@ -183,17 +183,21 @@ def _train_and_export(cfg: RunConfig, run_dir: Path, trainer: Trainer) -> RunSta
         )
         write_json({**summary, "status": status}, run_dir / "run.json")
 
+    def interrupted(signal: str | None, message: str) -> RunStatus:
+        """Records the stop, tells the user how to carry on (``message``), and the status to exit with."""
+        record("interrupted", signal=signal)
+        print(f"dreamnfsd: {message}", file=sys.stderr)
+        return RunStatus("interrupted", exit_code(signal))
+
     write_json({**summary, "status": "running", "step": trainer.step}, run_dir / "run.json")
     with StopRequest() as stop:
         status = trainer.fit(stop)
     if status == "interrupted":
-        record("interrupted", signal=stop.requested)
-        print(
-            f"dreamnfsd: {stop.requested} — stopped at step {trainer.step}; checkpoint saved. Resume with:\n"
+        return interrupted(
+            stop.requested,
+            f"{stop.requested} — stopped at step {trainer.step}; checkpoint saved. Resume with:\n"
             f"  dreamnfsd resume={run_dir}",
-            file=sys.stderr,
         )
-        return RunStatus("interrupted", exit_code(stop.requested))
     if not any(p.name == f"step_{trainer.step:06d}.pt" for p in list_checkpoints(run_dir)):
         trainer.save()  # the final state is always kept (re-export, training further), whatever ckpt_every says
     record("exporting")
@@ -207,13 +211,11 @@ def _train_and_export(cfg: RunConfig, run_dir: Path, trainer: Trainer) -> RunSta
         with StopRequest(immediate=True):
             outputs = export_outputs(trainer.scene, cfg, out_dir)
     except Interrupted as e:
-        record("interrupted", signal=e.signal_name)
-        print(
-            f"dreamnfsd: {e.signal_name} during export; training is finished and saved. Export again with:\n"
+        return interrupted(
+            e.signal_name,
+            f"{e.signal_name} during export; training is finished and saved. Export again with:\n"
             f"  dreamnfsd-export {run_dir}",
-            file=sys.stderr,
         )
-        return RunStatus("interrupted", exit_code(e.signal_name))
     if out_dir == run_dir:
         summary["outputs_step"] = trainer.step
     record("completed", export_time_s=round(time.perf_counter() - started, 2), outputs=outputs)

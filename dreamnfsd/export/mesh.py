@@ -34,12 +34,13 @@ def sample_grid(fn: Callable[[Tensor], Tensor], resolution: int, bound: float, c
     """Evaluate ``fn`` (N,3) -> (N,) on a ``resolution``^3 lattice spanning [-bound, bound]^3. Returns (R, R, R)."""
     axis = torch.linspace(-bound, bound, resolution)
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    device = _device_of(fn)
+    device = device_of(fn)
     out = torch.cat([fn(pts[i : i + chunk].to(device)).float().cpu() for i in range(0, pts.shape[0], chunk)])
     return out.reshape(resolution, resolution, resolution)
 
 
-def _device_of(fn) -> torch.device:
+def device_of(fn) -> torch.device:
+    """The device of the module a bound method ``fn`` belongs to (CPU for plain functions)."""
     owner = getattr(fn, "__self__", None)
     params = list(owner.parameters()) if isinstance(owner, torch.nn.Module) else []
     return params[0].device if params else torch.device("cpu")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dreamnfsd.export.mesh import device_of
 from dreamnfsd.utils.files import REEXPORT_HINT, atomic_output, atomic_write_bytes
 
 # Texels within this distance (in texels) of a triangle are baked from the surface. A bilinear lookup at a point
@@ -296,12 +297,6 @@ def closest_point_barycentric(p: np.ndarray, tri: np.ndarray) -> tuple[np.ndarra
 # ----------------------------------------------------------------------------------------------------------- bake
 
 
-def _device_of(fn) -> torch.device:
-    owner = getattr(fn, "__self__", None)
-    params = list(owner.parameters()) if isinstance(owner, torch.nn.Module) else []
-    return params[0].device if params else torch.device("cpu")
-
-
 @torch.no_grad()
 def _query_albedo(
     albedo_fn: Callable[[Tensor], Tensor], points: np.ndarray, chunk: int, device: torch.device
@@ -348,7 +343,7 @@ def bake_albedo(
     if not inside.any():
         raise ValueError(f"bake: no texel centre of the {size}^2 texture lies in a UV triangle")
     points = np.einsum("kj,kjc->kc", bary, vertices[faces[face]])  # (K, 3) the texels' points on the surface
-    device = _device_of(albedo_fn) if device is None else torch.device(device)
+    device = device_of(albedo_fn) if device is None else torch.device(device)
     rgb = _query_albedo(albedo_fn, points, chunk, device)
     texture = np.zeros((size * size, 3), dtype=np.float32)
     filled = np.zeros(size * size, dtype=bool)
