@@ -156,6 +156,7 @@ def _cases(w) -> dict[str, tuple[list[str], list[str]]]:
         "encoding without levels": ([*p, "field.encoding.n_levels=0"], ["field.encoding.n_levels", "[1, 32]"]),
         "renderer without steps": ([*p, "renderer.num_steps=0"], ["renderer.num_steps", "[1, 8192]"]),
         "unknown field kind": ([*p, "field.kind=voxels"], ["field.kind", "density, sdf"]),
+        "coarse stage as long as the run": ([*p, "train.coarse_share=1"], ["train.coarse_share", "[0, 1)"]),
         "output_root not creatable": ([*p, "output_root=/dev/null/outputs"], ["output_root", "not a folder"]),
         "background jitter on an mlp background": (
             [*p, "train.background_jitter=0.3", "background=mlp"],

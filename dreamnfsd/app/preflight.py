@@ -18,6 +18,7 @@ _SHAPE_KEYS = (
     "field.hidden_dim",
     "field.n_hidden_layers",
     "field.bound",
+    "train.coarse_share",  # which field a checkpoint holds depends on it
     "grid.resolution",
     "background.kind",
     "background.n_frequencies",

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import torch
 
+from dreamnfsd.train.coarse import checkpoint_field_kind, with_field_kind
 from dreamnfsd.train.config import RunConfig
 from dreamnfsd.train.scene import Scene, build_scene
 from dreamnfsd.train.trainer import NonFiniteTrainingError, Trainer, render_views, steps_per_second
@@ -359,7 +360,8 @@ def reexport(args) -> Path:
     cfg.export.mesh, cfg.export.video = not args.no_mesh, not args.no_video
     device = pick_device(args.device)
     torch.manual_seed(cfg.seed)
-    scene = build_scene(cfg, device)
+    # A checkpoint of the coarse stage holds a density field.
+    scene = build_scene(with_field_kind(cfg, checkpoint_field_kind(state["scene"]["field"])), device)
     scene.load_state_dict(state["scene"])
     out_dir = run_dir_of(ckpt) / "exports" / f"step{state['step']:06d}-{datetime.now():%Y%m%d-%H%M%S}"
     out_dir.mkdir(parents=True, exist_ok=False)

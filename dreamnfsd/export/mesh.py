@@ -30,13 +30,20 @@ def lattice_bytes(resolution: int) -> int:
 
 
 @torch.no_grad()
-def sample_grid(fn: Callable[[Tensor], Tensor], resolution: int, bound: float, chunk: int = 65536) -> Tensor:
-    """Evaluate ``fn`` (N,3) -> (N,) on a ``resolution``^3 lattice spanning [-bound, bound]^3. Returns (R, R, R)."""
+def lattice_values(
+    fn: Callable[[Tensor], Tensor], resolution: int, bound: float, device: torch.device, chunk: int = 65536
+) -> Tensor:
+    """Evaluate ``fn`` (N, 3) -> (N, C) on ``device`` at a ``resolution``^3 lattice spanning [-bound, bound]^3,
+    indexed [x, y, z]. Returns (C, R, R, R) on the CPU."""
     axis = torch.linspace(-bound, bound, resolution)
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    device = device_of(fn)
-    out = torch.cat([fn(pts[i : i + chunk].to(device)).float().cpu() for i in range(0, pts.shape[0], chunk)])
-    return out.reshape(resolution, resolution, resolution)
+    out = torch.cat([fn(p.to(device)).float().cpu() for p in pts.split(chunk)])
+    return out.t().reshape(-1, resolution, resolution, resolution)
+
+
+def sample_grid(fn: Callable[[Tensor], Tensor], resolution: int, bound: float, chunk: int = 65536) -> Tensor:
+    """Evaluate ``fn`` (N,3) -> (N,) on a ``resolution``^3 lattice spanning [-bound, bound]^3. Returns (R, R, R)."""
+    return lattice_values(lambda x: fn(x)[:, None], resolution, bound, device_of(fn), chunk)[0]
 
 
 def device_of(fn) -> torch.device:

@@ -46,6 +46,12 @@ class TrainConfig:
     lambda_curvature: float = 0.0
     # When set, the curvature weight moves geometrically from lambda_curvature to this over training.
     lambda_curvature_final: float | None = None
+    # SDF fields only (a density field ignores it): the first coarse_share of the steps train a density field, then
+    # the SDF starts from its surface (fitted on a coarse_resolution^3 lattice in coarse_fit_iters Adam steps)
+    # instead of a sphere, which cannot open a hole.
+    coarse_share: float = 0.0
+    coarse_resolution: int = 64
+    coarse_fit_iters: int = 300
     # Bookkeeping.
     log_every: int = 10
     val_every: int = 200

@@ -16,6 +16,14 @@ from dreamnfsd.export.video import normals_to_rgb, to_uint8, write_image
 from dreamnfsd.guidance import Guidance
 from dreamnfsd.guidance.priors.base import Prior
 from dreamnfsd.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from dreamnfsd.train.coarse import (
+    checkpoint_field_kind,
+    coarse_steps,
+    sdf_from_density,
+    stage_config,
+    stage_progress,
+    with_field_kind,
+)
 from dreamnfsd.train.config import RunConfig
 from dreamnfsd.train.metrics_log import MetricsLog
 from dreamnfsd.train.regularizers import opacity_entropy, opacity_sparsity
@@ -72,23 +80,14 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, device: torch.device, prior: Prior):
         self.cfg, self.run_dir, self.device, self.prior = cfg, Path(run_dir), device, prior
-        tc = cfg.train
         torch.manual_seed(cfg.seed)
         # Host RNG for cameras, shading and timesteps; a device RNG for sample offsets and grid jitter.
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.render_generator = torch.Generator(device).manual_seed(cfg.seed + 1)
-        self.scene = build_scene(cfg, device, self.render_generator)
+        self.scene = build_scene(stage_config(cfg, 0), device, self.render_generator)
         self.sampler = RandomCameraSampler(cfg.camera)
         self.guidance = Guidance(prior, cfg.guidance, cfg.prompt)
-        self.optimizer = torch.optim.Adam(
-            [
-                {"params": list(self.scene.field.encoding_parameters()), "lr": tc.lr_encoding},
-                {"params": list(self.scene.field.mlp_parameters()), "lr": tc.lr_mlp},
-                {"params": list(self.scene.background.parameters()), "lr": tc.lr_background},
-            ],
-            betas=(0.9, 0.99),
-            eps=tc.adam_eps,
-        )
+        self.optimizer = self._make_optimizer()
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.step = 0
         self.lr_scale = 1.0
@@ -107,6 +106,44 @@ class Trainer:
             height=cfg.camera.height,
             width=cfg.camera.width,
             device=device,
+        )
+
+    def _make_optimizer(self) -> torch.optim.Adam:
+        tc = self.cfg.train
+        return torch.optim.Adam(
+            [
+                {"params": list(self.scene.field.encoding_parameters()), "lr": tc.lr_encoding},
+                {"params": list(self.scene.field.mlp_parameters()), "lr": tc.lr_mlp},
+                {"params": list(self.scene.background.parameters()), "lr": tc.lr_background},
+            ],
+            betas=(0.9, 0.99),
+            eps=tc.adam_eps,
+        )
+
+    def _use_field_kind(self, kind: str) -> None:
+        """Give the scene a fresh field of ``kind`` (for a state to be loaded into) unless it has one."""
+        if self.scene.field.cfg.kind != kind:
+            self.scene = build_scene(with_field_kind(self.cfg, kind), self.device, self.render_generator)
+            self.optimizer = self._make_optimizer()
+            self._apply_lr()
+
+    def _start_sdf(self) -> None:
+        """End of the coarse stage: a new SDF scene fitted to the density field's surface, a fresh optimizer."""
+        coarse = self.scene
+        self.scene = build_scene(self.cfg, self.device, self.render_generator)
+        self.scene.background.load_state_dict(coarse.background.state_dict())
+        fit_rng = torch.Generator().manual_seed(self.cfg.seed + 2)
+        facts = sdf_from_density(coarse.field, self.scene.field, self.cfg, fit_rng)
+        self.scene.renderer.mark_occupancy(self.render_generator)
+        self.optimizer = self._make_optimizer()
+        self._apply_lr()
+        log.info(
+            "step %d: the SDF starts from the density field's surface (level %.3g, solid %.1f%% of the box, "
+            "fit error %.4f)",
+            self.step,
+            facts["level"],
+            100 * facts["solid_share"],
+            facts["fit_error"],
         )
 
     # --- state ------------------------------------------------------------------------------------------------
@@ -129,6 +166,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        # What the checkpoint holds decides (a resume that raised train.steps has moved the stage boundary).
+        self._use_field_kind(checkpoint_field_kind(state["scene"]["field"]))
         self.scene.load_state_dict(state["scene"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
@@ -159,7 +198,7 @@ class Trainer:
         tc = self.cfg.train
         timer = self.timer
         progress = self.step / max(tc.steps - 1, 1)
-        self.scene.field.set_progress(progress)
+        self.scene.field.set_progress(stage_progress(self.cfg, self.step))
         with timer("render"), self._autocast():
             cams = self.sampler.sample(tc.batch_size, self.generator, self.device)
             shading = choose_shading(self.step, tc, self.generator)
@@ -216,6 +255,9 @@ class Trainer:
             self.step += 1
         with timer("occupancy"):
             self.scene.renderer.update_occupancy(self.step, self.render_generator)
+        coarse_done = self.step >= coarse_steps(self.cfg)
+        if coarse_done and self.scene.field.cfg.kind != self.cfg.field.kind:  # the coarse density field's last step
+            self._start_sdf()
         terms = {k: v.detach() for k, v in terms.items()}
         return StepResult(loss.detach(), g.t.float().mean(), ok, terms, grad_norm)
 

@@ -1,0 +1,213 @@
+"""The coarse stage of an SDF run (train.coarse_share): a density field first, then the SDF fitted to its surface."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from dreamnfsd.app.compose import compose, to_run_config
+from dreamnfsd.data import primitive_sdf
+from dreamnfsd.export.mesh import lattice_values
+from dreamnfsd.models.field import FieldConfig, HashEncodingConfig, SDFConfig
+from dreamnfsd.models.sdf_field import SDFField
+from dreamnfsd.train.coarse import (
+    coarse_steps,
+    fit_sdf,
+    grid_lookup,
+    signed_distance_grid,
+    solid_from_density,
+    stage_config,
+    stage_progress,
+)
+from tests.conftest import tiny_run_overrides
+from tests.test_determinism import assert_same_state
+
+BOUND = 1.0
+
+
+def _lattice(resolution: int) -> torch.Tensor:
+    axis = torch.linspace(-BOUND, BOUND, resolution)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)  # (R, R, R, 3)
+
+
+def test_signed_distance_grid_of_a_sphere_is_within_a_spacing_of_the_truth():
+    res = 41
+    pts = _lattice(res)
+    solid = (pts.norm(dim=-1) < 0.5).numpy()
+    sdf = signed_distance_grid(solid, BOUND)
+    truth = pts.norm(dim=-1) - 0.5
+    spacing = 2 * BOUND / (res - 1)
+    near = truth.abs() < 0.3
+    assert (sdf[near] - truth[near]).abs().max() < spacing
+    away = truth.abs() > spacing  # the sign is exact a lattice spacing from the surface
+    assert (sdf[away] < 0).eq(truth[away] < 0).all()
+
+
+def test_grid_lookup_is_trilinear_on_the_export_lattice():
+    pts = _lattice(9)
+    grid = pts[..., 0] + 2 * pts[..., 1] - pts[..., 2]  # linear: trilinear interpolation is exact
+    x = torch.rand(100, 3) * 1.8 - 0.9
+    assert torch.allclose(grid_lookup(grid, x, BOUND), x[:, 0] + 2 * x[:, 1] - x[:, 2], atol=1e-5)
+    stacked = grid_lookup(torch.stack([grid, -grid]), x, BOUND)
+    assert stacked.shape == (100, 2) and torch.allclose(stacked[:, 1], -stacked[:, 0])
+
+
+class _DensityOf:
+    """A stand-in density field: density 10 inside ``inside(x)`` (N, 3) -> (N,) bool, else 0."""
+
+    def __init__(self, inside):
+        self.inside = inside
+        self.cfg = FieldConfig(bound=BOUND)
+        self._p = torch.nn.Parameter(torch.zeros(1))
+
+    def parameters(self):
+        return iter([self._p])
+
+    def density(self, x):
+        return self.inside(x).float() * 10.0
+
+
+def test_solid_keeps_the_largest_piece_and_fills_its_cavities():
+    def shell_and_speck(x):
+        r = x.norm(dim=-1)
+        speck = (x - torch.tensor([0.8, 0.8, 0.8])).norm(dim=-1) < 0.08
+        return ((r > 0.3) & (r < 0.6)) | speck  # a hollow ball and a floater
+
+    solid = solid_from_density(_DensityOf(shell_and_speck), level=5.0, resolution=48)
+    pts = _lattice(48)
+    assert solid[pts.norm(dim=-1).numpy() < 0.25].all()  # the cavity is filled
+    assert not solid[((pts - torch.tensor([0.8, 0.8, 0.8])).norm(dim=-1) < 0.05).numpy()].any()  # floater gone
+    assert not solid_from_density(_DensityOf(lambda x: x[:, 0] > 5), level=5.0, resolution=16).any()
+
+
+def test_fit_sdf_opens_the_hole_of_a_torus_that_a_sphere_lacks():
+    """The point of the stage: an SDF that starts as a sphere is fitted to a torus, hole included."""
+    torch.manual_seed(0)
+    cfg = FieldConfig(
+        kind="sdf",
+        hidden_dim=32,
+        encoding=HashEncodingConfig(n_levels=6, log2_hashmap_size=14, per_level_scale=1.5),
+        sdf=SDFConfig(),
+    )
+    field = SDFField(cfg)
+    res = 48
+    pts = _lattice(res)
+    solid = (primitive_sdf("torus", pts.reshape(-1, 3)) < 0).reshape(res, res, res).numpy()
+    rng = torch.Generator().manual_seed(0)
+    err = fit_sdf(field, signed_distance_grid(solid, BOUND), iters=150, generator=rng)
+    assert err < 0.03
+    with torch.no_grad():
+        assert field.sdf(torch.zeros(1, 3)).item() > 0.1  # the centre is outside: the hole is open
+        x = torch.rand(20000, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        fitted, truth = field.sdf(x) < 0, primitive_sdf("torus", x) < 0
+        iou = (fitted & truth).sum() / (fitted | truth).sum()
+        assert iou > 0.85
+        assert torch.equal(field(x)["albedo"], torch.full((len(x), 3), 0.5))  # colour starts again from grey
+
+
+def test_lattice_values_match_pointwise_evaluation():
+    fn = lambda x: torch.stack([x.norm(dim=-1), x[:, 2]], dim=-1)  # noqa: E731
+    grid = lattice_values(fn, 7, BOUND, torch.device("cpu"))
+    pts = _lattice(7)
+    assert grid.shape == (2, 7, 7, 7)
+    assert torch.allclose(grid[0], pts.norm(dim=-1)) and torch.allclose(grid[1], pts[..., 2])
+
+
+# --- in the trainer ---------------------------------------------------------------------------------------------
+STEPS, COARSE = 6, 3
+RUN = [
+    "field=sdf",
+    f"train.steps={STEPS}",
+    f"train.coarse_share={COARSE / STEPS}",
+    "train.coarse_resolution=24",
+    "train.coarse_fit_iters=5",
+    "train.val_every=0",
+    "train.shading_warmup_steps=2",
+]
+
+
+@pytest.fixture(scope="module")
+def prior(tiny_pixel_prior):
+    from dreamnfsd.guidance.priors import PriorConfig, load_prior
+
+    return load_prior(PriorConfig(kind="pixel", model=str(tiny_pixel_prior)))
+
+
+@pytest.fixture
+def make_trainer(tiny_pixel_prior, prior, tmp_path):
+    from dreamnfsd.train.trainer import Trainer
+
+    def make(name: str):
+        cfg = to_run_config(compose(["prompt=a red torus", *tiny_run_overrides(tiny_pixel_prior, tmp_path), *RUN]))
+        return Trainer(cfg, tmp_path / name, torch.device("cpu"), prior)
+
+    return make
+
+
+def _train_to(trainer, step: int) -> None:
+    while trainer.step < step:
+        trainer.train_step()
+
+
+def test_stage_config_and_progress():
+    cfg = to_run_config(compose(["prompt=a red torus", "prior=builtin", "train.steps=1000", "train.coarse_share=0.3"]))
+    assert coarse_steps(cfg) == 300
+    assert stage_config(cfg, 299).field.kind == "density" and stage_config(cfg, 300) is cfg
+    assert cfg.field.kind == "sdf"  # the copy leaves the run's config alone
+    assert stage_progress(cfg, 0) == 0 and stage_progress(cfg, 300) == 0 and stage_progress(cfg, 999) == 1
+    density = to_run_config(compose(["prompt=a red torus", "prior=builtin", "field=density", "train.coarse_share=0.3"]))
+    assert coarse_steps(density) == 0 and stage_config(density, 0) is density  # a density run has no coarse stage
+
+
+def test_trainer_switches_to_the_sdf_and_resumes_across_the_switch_bit_identically(make_trainer):
+    straight = make_trainer("straight")
+    _train_to(straight, COARSE - 1)
+    assert straight.scene.field.cfg.kind == "density"
+    before = copy.deepcopy(straight.state_dict())  # a checkpoint of the coarse stage (a copy: not live tensors)
+    _train_to(straight, COARSE)
+    assert straight.scene.field.cfg.kind == "sdf"
+    after = copy.deepcopy(straight.state_dict())  # a checkpoint of the SDF stage
+    _train_to(straight, STEPS)
+    final = straight.state_dict()
+
+    for name, state in (("from_coarse", before), ("from_sdf", after)):
+        resumed = make_trainer(name)
+        resumed.load_state_dict(state)
+        assert resumed.scene.field.cfg.kind == ("density" if state["step"] < COARSE else "sdf")
+        _train_to(resumed, STEPS)
+        got = {k: v for k, v in resumed.state_dict().items() if k != "wall_time"}
+        assert_same_state({k: v for k, v in final.items() if k != "wall_time"}, got, name)
+
+
+def test_a_coarse_stage_run_exports_a_positive_volume_mesh(make_trainer, tmp_path):
+    from dreamnfsd.export.mesh import extract_mesh
+
+    trainer = make_trainer("export")
+    _train_to(trainer, STEPS)
+    mesh = extract_mesh(trainer.scene.field, 40)
+    assert mesh.volume > 0 and np.isfinite(mesh.vertices).all()
+
+
+def test_dreamnfsd_export_rebuilds_a_coarse_stage_checkpoint_as_a_density_field(make_trainer):
+    from types import SimpleNamespace
+
+    from dreamnfsd.app.run import reexport
+
+    trainer = make_trainer("reexport")
+    _train_to(trainer, COARSE - 1)
+    ckpt = trainer.save()
+    args = SimpleNamespace(
+        run=str(ckpt),
+        mesh_resolution=32,
+        threshold=None,
+        video_resolution=None,
+        video_frames=None,
+        no_mesh=False,
+        no_video=True,
+        device="cpu",
+    )
+    out = reexport(args)
+    assert (out / "mesh.obj").exists() and (out / "mesh.glb").exists()
