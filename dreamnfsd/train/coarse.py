@@ -4,8 +4,8 @@ An SDF starts as a sphere, and a surface can only open a hole by tearing through
 from empty space and carves holes as easily as outlines. With ``train.coarse_share`` > 0 (``field.kind=sdf``
 only) the first steps train a density field; then its solid (the density above the half-transmittance level its
 renders place the surface at, largest piece, cavities filled) becomes a signed-distance grid, the SDF field is
-fitted to it, and training goes on with the SDF (Magic3D's and
-Fantasia3D's coarse-to-fine split, with an SDF as the fine representation).
+fitted to it, and training goes on with the SDF (Magic3D's and Fantasia3D's coarse-to-fine split, with an SDF as
+the fine representation).
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ from torch import Tensor
 
 from dreamnfsd.export.mesh import half_transmittance_density, lattice_values, level_rays
 from dreamnfsd.models.field import HashGridField
+from dreamnfsd.models.sdf_field import SDFField
+from dreamnfsd.train.config import RunConfig
 
 
-def coarse_steps(cfg) -> int:
+def coarse_steps(cfg: RunConfig) -> int:
     """How many of the run's first steps train the coarse density field (0 for a density run)."""
     return round(cfg.train.coarse_share * cfg.train.steps) if cfg.field.kind == "sdf" else 0
 
 
-def in_coarse_stage(cfg, step: int) -> bool:
+def in_coarse_stage(cfg: RunConfig, step: int) -> bool:
     """Whether training step ``step`` (0-based; a checkpoint's step counts those done) trains the coarse field."""
     return step < coarse_steps(cfg)
 
@@ -36,13 +38,13 @@ def checkpoint_field_kind(field_state: dict) -> str:
     return "sdf" if "sharpness" in field_state else "density"
 
 
-def stage_config(cfg, step: int):
+def stage_config(cfg: RunConfig, step: int) -> RunConfig:
     """The run config of the field trained at ``step``: ``cfg``, or during the coarse stage a copy of it with a
     density field (everything else shared)."""
     return with_field_kind(cfg, "density" if in_coarse_stage(cfg, step) else cfg.field.kind)
 
 
-def with_field_kind(cfg, kind: str):
+def with_field_kind(cfg: RunConfig, kind: str) -> RunConfig:
     """``cfg`` itself when its field is of ``kind``, else a copy with that field kind (everything else shared)."""
     if cfg.field.kind == kind:
         return cfg
@@ -51,7 +53,7 @@ def with_field_kind(cfg, kind: str):
     return other
 
 
-def stage_progress(cfg, step: int) -> float:
+def stage_progress(cfg: RunConfig, step: int) -> float:
     """Progress in [0, 1] through the current stage, for the field's own schedules (the SDF's sharpness starts
     its ramp when the SDF starts)."""
     coarse = coarse_steps(cfg)
@@ -97,7 +99,7 @@ def grid_lookup(grid: Tensor, x: Tensor, bound: float) -> Tensor:
 
 
 def fit_sdf(
-    sdf_field,
+    sdf_field: SDFField,
     target: Tensor,
     iters: int,
     generator: torch.Generator,
@@ -129,9 +131,11 @@ def fit_sdf(
     return err
 
 
-def sdf_from_density(density_field: HashGridField, sdf_field, cfg, generator: torch.Generator) -> dict:
-    """Start ``sdf_field`` from ``density_field``'s surface (in place). ``cfg``: the run's RunConfig.
-    Returns facts for the log: {"level", "solid_share", "fit_error"}."""
+def sdf_from_density(
+    density_field: HashGridField, sdf_field: SDFField, cfg: RunConfig, generator: torch.Generator
+) -> dict:
+    """Start ``sdf_field`` from ``density_field``'s surface (in place). Returns facts for the log:
+    {"level", "solid_share", "fit_error"}."""
     device = next(density_field.parameters()).device
     bound = float(density_field.cfg.bound)
     res = cfg.train.coarse_resolution

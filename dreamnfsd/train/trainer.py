@@ -15,6 +15,7 @@ from dreamnfsd.cameras import CameraBatch, RandomCameraSampler, turntable_camera
 from dreamnfsd.export.video import normals_to_rgb, to_uint8, write_image
 from dreamnfsd.guidance import Guidance
 from dreamnfsd.guidance.priors.base import Prior
+from dreamnfsd.models.sdf_field import SDFField
 from dreamnfsd.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from dreamnfsd.train.coarse import (
     checkpoint_field_kind,
@@ -133,6 +134,7 @@ class Trainer:
         self.scene = build_scene(self.cfg, self.device, self.render_generator)
         self.scene.background.load_state_dict(coarse.background.state_dict())
         fit_rng = torch.Generator().manual_seed(self.cfg.seed + 2)
+        assert isinstance(self.scene.field, SDFField)  # only an SDF run has a coarse stage
         facts = sdf_from_density(coarse.field, self.scene.field, self.cfg, fit_rng)
         self.scene.renderer.mark_occupancy(self.render_generator)
         self.optimizer = self._make_optimizer()
