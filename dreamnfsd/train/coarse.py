@@ -88,14 +88,10 @@ def signed_distance_grid(solid: np.ndarray, bound: float, smooth: float = 1.0) -
 
 
 def grid_lookup(grid: Tensor, x: Tensor, bound: float) -> Tensor:
-    """Trilinear values of a lattice grid (R, R, R) or (C, R, R, R) [x, y, z] at world points x (N, 3) ->
-    (N,) or (N, C)."""
-    g = grid if grid.dim() == 4 else grid[None]
+    """Trilinear values of a lattice grid (R, R, R) [x, y, z] at world points x (N, 3) -> (N,)."""
     # grid_sample's (x, y, z) index the last three dims in reverse (W, H, D); the lattice is [x, y, z].
     pts = (x / bound).flip(-1).view(1, -1, 1, 1, 3)
-    out = torch.nn.functional.grid_sample(g[None], pts, align_corners=True, mode="bilinear")
-    out = out.view(g.shape[0], -1).t()
-    return out[:, 0] if grid.dim() == 3 else out
+    return torch.nn.functional.grid_sample(grid[None, None], pts, align_corners=True, mode="bilinear").view(-1)
 
 
 def fit_sdf(
@@ -120,9 +116,9 @@ def fit_sdf(
     for _ in range(iters):
         x = (torch.rand(4 * n_points, 3, generator=generator) * 2.0 - 1.0).to(device) * bound
         d = grid_lookup(target, x, bound)
-        near = x[d.abs() < 0.1][: n_points // 2]
-        x = torch.cat([x[: n_points - len(near)], near])
-        sdf_err = (sdf_field.sdf(x) - grid_lookup(target, x, bound)).abs()
+        near = (d.abs() < 0.1).nonzero()[: n_points // 2, 0]
+        keep = torch.cat([torch.arange(n_points - len(near), device=device), near])
+        sdf_err = (sdf_field.sdf(x[keep]) - d[keep]).abs()
         loss = sdf_err.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
