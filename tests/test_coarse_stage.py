@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dreamnfsd.app.compose import compose, to_run_config
+from dreamnfsd.cameras import CameraSamplerConfig
 from dreamnfsd.data import primitive_sdf
 from dreamnfsd.export.mesh import lattice_values
 from dreamnfsd.models.field import FieldConfig, HashEncodingConfig, SDFConfig
@@ -17,6 +18,7 @@ from dreamnfsd.train.coarse import (
     coarse_steps,
     fit_sdf,
     grid_lookup,
+    largest_piece_filled,
     signed_distance_grid,
     solid_from_density,
     stage_config,
@@ -65,20 +67,44 @@ class _DensityOf:
         return iter([self._p])
 
     def density(self, x):
-        return self.inside(x).float() * 10.0
+        return self.inside(x).float() * 10.0  # inside(x) may also give fractions
 
 
-def test_solid_keeps_the_largest_piece_and_fills_its_cavities():
-    def shell_and_speck(x):
-        r = x.norm(dim=-1)
-        speck = (x - torch.tensor([0.8, 0.8, 0.8])).norm(dim=-1) < 0.08
-        return ((r > 0.3) & (r < 0.6)) | speck  # a hollow ball and a floater
-
-    solid = solid_from_density(_DensityOf(shell_and_speck), level=5.0, resolution=48)
+def test_largest_piece_filled_drops_floaters_and_fills_cavities():
     pts = _lattice(48)
-    assert solid[pts.norm(dim=-1).numpy() < 0.25].all()  # the cavity is filled
-    assert not solid[((pts - torch.tensor([0.8, 0.8, 0.8])).norm(dim=-1) < 0.05).numpy()].any()  # floater gone
-    assert not solid_from_density(_DensityOf(lambda x: x[:, 0] > 5), level=5.0, resolution=16).any()
+    r = pts.norm(dim=-1)
+    speck = (pts - torch.tensor([0.8, 0.8, 0.8])).norm(dim=-1) < 0.08
+    solid = largest_piece_filled((((r > 0.3) & (r < 0.6)) | speck).numpy())  # a hollow ball and a floater
+    assert solid[(r < 0.25).numpy()].all()  # the cavity is filled
+    assert not solid[speck.numpy()].any()  # the floater is gone
+    assert not largest_piece_filled(np.zeros((4, 4, 4), bool)).any()
+
+
+def _carved(inside, res: int = 32) -> tuple[np.ndarray, torch.Tensor]:
+    return solid_from_density(_DensityOf(inside), CameraSamplerConfig(), res), _lattice(res).reshape(-1, 3)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_carving_an_opaque_torus_keeps_its_hole_and_shape():
+    solid, pts = _carved(lambda x: (primitive_sdf("torus", x) < 0) * 100.0)  # opaque: density 1000
+    truth = (primitive_sdf("torus", pts) < 0).reshape(solid.shape).numpy()
+    assert _iou(solid, truth) > 0.8
+    c = solid.shape[0] // 2
+    assert not solid[c - 1 : c + 1, c - 1 : c + 1, :].any()  # the views see through the hole
+
+
+def test_carving_makes_a_solid_of_a_fog_that_a_density_threshold_would_miss():
+    """A cube of thin fog (density 3: transmittance 1/2 after 0.23 of it) renders as a surface; the carve keeps
+    the part every view sees behind that surface, a smaller cube inside the fog's."""
+    fog = lambda x: (x.abs() < 0.5).all(-1)  # noqa: E731
+    solid, pts = _carved(lambda x: fog(x) * 0.3)  # _DensityOf scales by 10: density 3
+    inner = (pts.abs() < 0.2).all(-1).reshape(solid.shape).numpy()
+    assert solid[inner].all() and not solid[~fog(pts).reshape(solid.shape).numpy()].any()
+    opaque, _ = _carved(lambda x: fog(x) * 100.0)  # and an opaque cube comes out as the cube
+    assert _iou(opaque, fog(pts).reshape(solid.shape).numpy()) > 0.85
 
 
 def test_fit_sdf_opens_the_hole_of_a_torus_that_a_sphere_lacks():

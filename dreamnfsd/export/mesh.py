@@ -54,6 +54,28 @@ def device_of(fn) -> torch.device:
 
 
 @torch.no_grad()
+def optical_depth_along_rays(
+    density_fn: Callable[[Tensor], Tensor], origins: Tensor, dirs: Tensor, bound: float, n_steps: int = 256
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Density and accumulated optical depth at ``n_steps`` evenly spaced points along rays through the scene box.
+
+    Args:
+        origins, dirs: (N, 3) rays, dirs unit length. bound: the scene box half-size.
+    Returns:
+        points (N, S, 3), inside (N, S) bool (the point lies in the box; density 0 elsewhere), sigma (N, S) and
+        tau (N, S), the optical depth up to and including each point (transmittance exp(-tau)).
+    """
+    t_near = (origins.norm(dim=-1) - math.sqrt(3.0) * bound).clamp(min=0.0)
+    step = 2.0 * math.sqrt(3.0) * bound / n_steps
+    t = t_near[:, None] + (torch.arange(n_steps, dtype=origins.dtype, device=origins.device) + 0.5) * step
+    pts = origins[:, None, :] + t[..., None] * dirs[:, None, :]
+    inside = (pts.abs() <= bound).all(-1)
+    sigma = torch.zeros_like(t)
+    flat = pts[inside]
+    sigma[inside] = torch.cat([density_fn(c) for c in flat.split(65536)]) if len(flat) else flat.new_zeros(0)
+    return pts, inside, sigma, (sigma * step).cumsum(1)
+
+
 def half_transmittance_density(
     density_fn: Callable[[Tensor], Tensor], origins: Tensor, dirs: Tensor, bound: float, n_steps: int = 256
 ) -> float:
@@ -65,16 +87,7 @@ def half_transmittance_density(
     Returns:
         the level, or NaN when no ray becomes half opaque.
     """
-    t_near = (origins.norm(dim=-1) - math.sqrt(3.0) * bound).clamp(min=0.0)
-    length = 2.0 * math.sqrt(3.0) * bound
-    step = length / n_steps
-    t = t_near[:, None] + (torch.arange(n_steps, dtype=origins.dtype, device=origins.device) + 0.5) * step
-    pts = origins[:, None, :] + t[..., None] * dirs[:, None, :]
-    inside = (pts.abs() <= bound).all(-1)
-    sigma = torch.zeros_like(t)
-    flat = pts[inside]
-    sigma[inside] = torch.cat([density_fn(c) for c in flat.split(65536)]) if len(flat) else flat.new_zeros(0)
-    tau = (sigma * step).cumsum(1)
+    _, _, sigma, tau = optical_depth_along_rays(density_fn, origins, dirs, bound, n_steps)
     crossed = tau >= math.log(2.0)
     hit = crossed.any(1)
     if not hit.any():

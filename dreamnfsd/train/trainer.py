@@ -140,10 +140,8 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self._apply_lr()
         log.info(
-            "step %d: the SDF starts from the density field's surface (level %.3g, solid %.1f%% of the box, "
-            "fit error %.4f)",
+            "step %d: the SDF starts from the density field's surface (solid %.1f%% of the box, fit error %.4f)",
             self.step,
-            facts["level"],
             100 * facts["solid_share"],
             facts["fit_error"],
         )
