@@ -99,6 +99,7 @@ def test_shipped_builtin_geometry_exports_one_positive_volume_shell(tmp_path):
     args += ["train.ckpt_every=0", "export.video_frames=4", "export.video_resolution=32", "export.mesh_resolution=64"]
     proc = run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 8: the SDF starts from the density field's surface" in proc.stdout + proc.stderr  # its coarse stage
     run_dir = _only_run_dir(tmp_path)
     mesh = trimesh.load(run_dir / "mesh.ply", force="mesh")
     assert mesh.is_watertight and mesh.volume > 0.1 and len(mesh.split(only_watertight=False)) == 1

@@ -28,6 +28,7 @@ SHORT = [
     "train.steps=10",
     "train.val_every=5",
     "train.ckpt_every=0",
+    "train.coarse_share=0",  # the coarse stage's fixed-cost hand-over: tests/test_coarse_stage.py
     "export.mesh_resolution=48",
     "export.texture_size=128",
     "export.video_frames=4",
