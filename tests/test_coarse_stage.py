@@ -16,6 +16,7 @@ from dreamnfsd.models.field import FieldConfig, HashEncodingConfig, SDFConfig
 from dreamnfsd.models.sdf_field import SDFField
 from dreamnfsd.train.coarse import (
     coarse_steps,
+    field_progress,
     fit_sdf,
     grid_lookup,
     largest_piece_filled,
@@ -23,6 +24,7 @@ from dreamnfsd.train.coarse import (
     solid_from_density,
     stage_config,
     stage_progress,
+    surface_albedo,
 )
 from tests.conftest import tiny_run_overrides
 from tests.test_determinism import assert_same_state
@@ -132,6 +134,32 @@ def test_fit_sdf_opens_the_hole_of_a_torus_that_a_sphere_lacks():
         assert torch.equal(field(x)["albedo"], torch.full((len(x), 3), 0.5))  # colour starts again from grey
 
 
+def test_the_fit_can_carry_the_coarse_fields_median_surface_colour():
+    class Painted(torch.nn.Module):  # a field that is red, with a dark fringe over a quarter of a sphere's surface
+        cfg = FieldConfig(bound=BOUND)
+
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            albedo = torch.tensor([0.9, 0.1, 0.1]).repeat(len(x), 1)
+            albedo[x[:, 0] > 0.3] = 0.05
+            return {"albedo": albedo}
+
+    res = 32
+    solid = (_lattice(res).norm(dim=-1) < 0.6).numpy()
+    colour = surface_albedo(Painted(), solid)
+    assert torch.allclose(colour, torch.tensor([0.9, 0.1, 0.1]))  # the median, not the fringe
+    torch.manual_seed(0)
+    cfg = FieldConfig(kind="sdf", hidden_dim=16, encoding=HashEncodingConfig(n_levels=4, log2_hashmap_size=12))
+    field = SDFField(cfg)
+    fit_sdf(field, signed_distance_grid(solid, BOUND), iters=60, generator=torch.Generator(), albedo=colour)
+    with torch.no_grad():
+        x = torch.rand(2000, 3, generator=torch.Generator().manual_seed(1)) * 1.2 - 0.6
+        assert (field(x)["albedo"] - colour).abs().max() < 0.05
+
+
 def test_lattice_values_match_pointwise_evaluation():
     fn = lambda x: torch.stack([x.norm(dim=-1), x[:, 2]], dim=-1)  # noqa: E731
     grid = lattice_values(fn, 7, BOUND, torch.device("cpu"))
@@ -150,6 +178,7 @@ RUN = [
     "train.coarse_fit_iters=5",
     "train.val_every=0",
     "train.shading_warmup_steps=2",
+    "train.lr_final_share=0.5",  # the resume test then covers the learning-rate decay too
 ]
 
 
@@ -182,8 +211,22 @@ def test_stage_config_and_progress():
     assert stage_config(cfg, 299).field.kind == "density" and stage_config(cfg, 300) is cfg
     assert cfg.field.kind == "sdf"  # the copy leaves the run's config alone
     assert stage_progress(cfg, 0) == 0 and stage_progress(cfg, 300) == 0 and stage_progress(cfg, 999) == 1
+    assert field_progress(cfg, 300) == 0  # the sharpness ramp restarts with the SDF...
+    cfg.train.coarse_restart_sharpness = False
+    assert field_progress(cfg, 300) == pytest.approx(0.3, abs=1e-3)  # ...or goes on from the run's progress
     density = to_run_config(compose(["prompt=a red torus", "prior=builtin", "field=density", "train.coarse_share=0.3"]))
     assert coarse_steps(density) == 0 and stage_config(density, 0) is density  # a density run has no coarse stage
+
+
+def test_learning_rates_fall_over_the_sdf_stage_only():
+    from dreamnfsd.train.trainer import lr_decay
+
+    cfg = to_run_config(compose(["prompt=a red torus", "prior=builtin", "train.steps=1000", "train.coarse_share=0.2"]))
+    cfg.train.lr_final_share = 0.1
+    assert lr_decay(cfg, 0) == lr_decay(cfg, 199) == lr_decay(cfg, 200) == 1.0  # constant through the coarse stage
+    assert lr_decay(cfg, 999) == pytest.approx(0.1) and 0.1 < lr_decay(cfg, 600) < 1.0
+    cfg.train.lr_final_share = 1.0
+    assert lr_decay(cfg, 999) == 1.0
 
 
 def test_trainer_switches_to_the_sdf_and_resumes_across_the_switch_bit_identically(make_trainer):
@@ -196,6 +239,8 @@ def test_trainer_switches_to_the_sdf_and_resumes_across_the_switch_bit_identical
     after = copy.deepcopy(straight.state_dict())  # a checkpoint of the SDF stage
     _train_to(straight, STEPS)
     final = straight.state_dict()
+    lrs = [g["lr"] for g in straight.optimizer.param_groups]
+    assert lrs == pytest.approx([0.5 * base for base in straight.base_lrs])  # the last step ran at the final share
 
     for name, state in (("from_coarse", before), ("from_sdf", after)):
         resumed = make_trainer(name)

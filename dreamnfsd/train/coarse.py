@@ -63,6 +63,16 @@ def stage_progress(cfg: RunConfig, step: int) -> float:
     return (step - start) / max(end - start - 1, 1)
 
 
+def field_progress(cfg: RunConfig, step: int) -> float:
+    """Progress in [0, 1] that the field's own schedules (the SDF's sharpness) follow: through the current stage,
+    or with ``train.coarse_restart_sharpness`` false through the whole run, so that an SDF fitted to the coarse
+    field's surface starts as sharp as the run's progress says (a blurred surface made the guidance swell and dent
+    it)."""
+    if cfg.train.coarse_restart_sharpness:
+        return stage_progress(cfg, step)
+    return step / max(cfg.train.steps - 1, 1)
+
+
 def carving_rays(camera: CameraSamplerConfig, resolution: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Rays (N, 3) x 2 of the views a solid is carved with: 16 azimuths at 4 elevations spanning the training range,
     ``resolution`` px, at the mean training distance and field of view. N = 64 * resolution^2."""
@@ -149,13 +159,15 @@ def fit_sdf(
     generator: torch.Generator,
     n_points: int = 8192,
     lr: float = 1e-2,
+    albedo: Tensor | None = None,
 ) -> float:
     """Fit ``sdf_field``'s SDF (an :class:`~dreamnfsd.models.sdf_field.SDFField`) to a signed-distance grid
     ``target`` (R, R, R) on the export lattice, with Adam on random points (half uniform in the box, half within 0.1
-    of the surface, where the distance matters). Returns the last mean absolute error.
+    of the surface, where the distance matters). Returns the last mean absolute error of the SDF.
 
-    Only the SDF: the albedo MLP output starts again from grey, since the density field's colours (dark fringes at
-    its soft silhouettes) were seen to carry over as dark specks on the solid's edges."""
+    ``albedo`` (3,): fit the albedo to that one colour everywhere too; None leaves it at the network's grey. Not
+    the density field's colours point by point: its dark fringes at soft silhouettes were seen to carry over as
+    dark specks on the solid's edges."""
     bound = float(sdf_field.cfg.bound)
     device = next(sdf_field.parameters()).device
     target = target.to(device)
@@ -166,13 +178,26 @@ def fit_sdf(
         d = grid_lookup(target, x, bound)
         near = (d.abs() < 0.1).nonzero()[: n_points // 2, 0]
         keep = torch.cat([torch.arange(n_points - len(near), device=device), near])
-        sdf_err = (sdf_field.sdf(x[keep]) - d[keep]).abs()
+        out = sdf_field(x[keep])
+        sdf_err = (out["sdf"] - d[keep]).abs()
         loss = sdf_err.mean()
+        if albedo is not None:
+            loss = loss + (out["albedo"] - albedo.to(device)).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         err = float(sdf_err.detach().mean())
     return err
+
+
+def surface_albedo(field: HashGridField, solid: np.ndarray) -> Tensor:
+    """(3,) the median albedo of ``field`` over the boundary lattice points of ``solid`` (R, R, R) [x, y, z]."""
+    bound = float(field.cfg.bound)
+    boundary = solid & ~ndimage.binary_erosion(solid)
+    idx = torch.from_numpy(np.argwhere(boundary)).float()
+    x = (idx * (2.0 * bound / (solid.shape[0] - 1)) - bound).to(next(field.parameters()).device)
+    with torch.no_grad():
+        return field(x)["albedo"].median(dim=0).values.cpu()
 
 
 def sdf_from_density(
@@ -185,5 +210,6 @@ def sdf_from_density(
     if not solid.any():  # nothing became half opaque: keep the sphere the SDF starts as
         return {"solid_share": 0.0, "fit_error": float("nan")}
     bound = float(density_field.cfg.bound)
-    fit = fit_sdf(sdf_field, signed_distance_grid(solid, bound), cfg.train.coarse_fit_iters, generator)
+    albedo = surface_albedo(density_field, solid) if cfg.train.coarse_fit_albedo else None
+    fit = fit_sdf(sdf_field, signed_distance_grid(solid, bound), cfg.train.coarse_fit_iters, generator, albedo=albedo)
     return {"solid_share": float(solid.mean()), "fit_error": fit}

@@ -52,6 +52,15 @@ class TrainConfig:
     coarse_share: float = 0.0
     coarse_resolution: int = 64
     coarse_fit_iters: int = 300
+    # Fit the SDF's albedo to the density field's median surface colour too (else it restarts from grey, and the
+    # guidance's first pushes towards the colour also move the surface, which shares the network).
+    coarse_fit_albedo: bool = False
+    # The SDF's sharpness ramp starts again at the hand-over (true) or follows the whole run (false).
+    coarse_restart_sharpness: bool = True
+    # The learning rates fall geometrically to this share of their value over the final field's stage (the whole
+    # run, or the SDF stage after a coarse one). At a constant rate, SDS's noisy steps leave the surface wherever
+    # the last few pushed it; a falling rate lets it settle. 1 keeps them constant.
+    lr_final_share: float = 1.0
     # Bookkeeping.
     log_every: int = 10
     val_every: int = 200

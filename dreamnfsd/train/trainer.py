@@ -20,6 +20,8 @@ from dreamnfsd.train.checkpoint import list_checkpoints, load_checkpoint, save_c
 from dreamnfsd.train.coarse import (
     checkpoint_field_kind,
     coarse_steps,
+    field_progress,
+    in_coarse_stage,
     sdf_from_density,
     stage_config,
     stage_progress,
@@ -186,8 +188,9 @@ class Trainer:
         return save_checkpoint(self.state_dict(), self.run_dir, self.step)
 
     def _apply_lr(self) -> None:
+        decay = lr_decay(self.cfg, self.step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * self.lr_scale
+            group["lr"] = base * self.lr_scale * decay
 
     def _autocast(self):
         enabled = self.device.type == "cuda" and self.cfg.train.mixed_precision
@@ -198,7 +201,8 @@ class Trainer:
         tc = self.cfg.train
         timer = self.timer
         progress = self.step / max(tc.steps - 1, 1)
-        self.scene.field.set_progress(stage_progress(self.cfg, self.step))
+        self.scene.field.set_progress(field_progress(self.cfg, self.step))
+        self._apply_lr()
         with timer("render"), self._autocast():
             cams = self.sampler.sample(tc.batch_size, self.generator, self.device)
             shading = choose_shading(self.step, tc, self.generator)
@@ -369,6 +373,15 @@ class Trainer:
         path = write_image(grid, self.run_dir / "validation" / f"step_{self.step:06d}.png")
         self.metrics.image(self.step, "validation", to_uint8(grid))
         return path
+
+
+def lr_decay(cfg: RunConfig, step: int) -> float:
+    """The learning rates' factor at ``step``: geometric from 1 to ``train.lr_final_share`` over the final field's
+    stage (the coarse density field, being replaced, trains at a constant rate)."""
+    share = cfg.train.lr_final_share
+    if share == 1.0 or in_coarse_stage(cfg, step):
+        return 1.0
+    return share ** stage_progress(cfg, step)
 
 
 def curvature_weight(tc, progress: float) -> float:
