@@ -98,6 +98,10 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
         assert run["rotation_step_deg"] == 1.0 and all(0 <= v < 360 for v in run["rotation_deg"].values())
         assert 0 <= run["top_rotation_variation"] <= 1 and run["colour_error"] >= 0
         assert run["wall_time_s"] > 0 and len(run["predicted"]) == 14
+        # Each run's file keeps its resolved config: the overrides typed and the preset's own values.
+        config = json.loads((out / "runs" / f"{run_key(run['prompt'], run['method'])}.json").read_text())["config"]
+        assert config["train"]["steps"] == 4 and config["train"]["coarse_share"] == 0 and "config" not in run
+        assert config["camera"]["height"] == 32 and config["guidance"]["kind"] == run["method"]
         g = run["geometry"]
         assert 0 <= g["iou"] <= 1 and 0 <= g["fscore"] <= 1 and g["components"] >= 1 and g["chamfer"] > 0
         assert run["image_geometry"]["pixels"] > 0 and 0 <= run["image_geometry"]["normal_angle_deg"] <= 180

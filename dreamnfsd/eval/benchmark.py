@@ -13,9 +13,10 @@ For each prompt ("a red cube", ...) and method, dreamnfsd is trained with the bu
   depth error against the truth, over pixels both masks cover, at the mesh's best rotation;
 - a diagnostic beside the silhouette IoU: the same IoU maximised over the object's size too (0.85-1.15).
 
-Each finished run is saved under ``runs/`` (metrics JSON, written last; the views, every view's opacity, normals and
-depth as PNGs; the mesh, quantised, as ``.mesh.npz``): small files a reviewer can open, and enough to rescore every
-metric without training (:func:`rescore`). The report is in :mod:`dreamnfsd.eval.summary`.
+Each finished run is saved under ``runs/`` (metrics and the resolved config as JSON, written last; the views,
+every view's opacity, normals and depth as PNGs; the mesh, quantised, as ``.mesh.npz``): small files a reviewer can
+open, and enough to rescore every metric without training (:func:`rescore`). The report is in
+:mod:`dreamnfsd.eval.summary`.
 """
 
 from __future__ import annotations
@@ -231,6 +232,8 @@ def run_one(
         steps=cfg.train.steps,
         seed=cfg.seed,
         wall_time_s=round(wall, 1),
+        # The whole resolved config, so a folder says what ran, not only which overrides were typed.
+        config=json.loads(json.dumps(asdict(cfg), default=str)),
     )
     return metrics, kept
 
@@ -343,7 +346,8 @@ def write_report(out: Path, prompts: list[str], methods: list[str], done: dict, 
     paired = [p for p in prompts if all(run_key(p, m) in done for m in methods)]
     if not paired:
         return None
-    runs = [done[run_key(p, m)][0] for p in paired for m in methods]
+    # Each run's resolved config stays in its own runs/<key>.json; the report would repeat it 50 times.
+    runs = [{k: v for k, v in done[run_key(p, m)][0].items() if k != "config"} for p in paired for m in methods]
     summary = summarise(runs)
     missing = [run_key(p, m) for p in prompts for m in methods if p not in paired]
     report = {"summary": summary, "runs": runs, "prompts": prompts, "missing": missing, **settings}
