@@ -179,6 +179,7 @@ RUN = [
     "train.val_every=0",
     "train.shading_warmup_steps=2",
     "train.lr_final_share=0.5",  # the resume test then covers the learning-rate decay too
+    "train.ema_decay=0.5",  # and the final field's average
 ]
 
 
@@ -237,18 +238,42 @@ def test_trainer_switches_to_the_sdf_and_resumes_across_the_switch_bit_identical
     _train_to(straight, COARSE)
     assert straight.scene.field.cfg.kind == "sdf"
     after = copy.deepcopy(straight.state_dict())  # a checkpoint of the SDF stage
+    _train_to(straight, STEPS - 1)
+    assert straight.ema is not None
+    late = copy.deepcopy(straight.state_dict())  # one that holds the average
     _train_to(straight, STEPS)
     final = straight.state_dict()
     lrs = [g["lr"] for g in straight.optimizer.param_groups]
     assert lrs == pytest.approx([0.5 * base for base in straight.base_lrs])  # the last step ran at the final share
 
-    for name, state in (("from_coarse", before), ("from_sdf", after)):
+    for name, state in (("from_coarse", before), ("from_sdf", after), ("from_late", late)):
         resumed = make_trainer(name)
         resumed.load_state_dict(state)
         assert resumed.scene.field.cfg.kind == ("density" if state["step"] < COARSE else "sdf")
         _train_to(resumed, STEPS)
         got = {k: v for k, v in resumed.state_dict().items() if k != "wall_time"}
         assert_same_state({k: v for k, v in final.items() if k != "wall_time"}, got, name)
+
+
+def test_the_last_step_loads_the_average_of_the_final_fields_iterates(make_trainer):
+    trainer = make_trainer("ema")
+    iterates, update = [], trainer._update_ema
+
+    def record():  # each step's parameters, before the last step replaces them by the average
+        update()
+        if trainer.scene.field.cfg.kind == "sdf":
+            iterates.append({k: p.detach().clone() for k, p in trainer.scene.field.named_parameters()})
+
+    trainer._update_ema = record
+    _train_to(trainer, STEPS)
+    assert len(iterates) == STEPS - COARSE  # the SDF stage only: the coarse density field is not averaged
+    expected = iterates[0]
+    for it in iterates[1:]:  # train.ema_decay=0.5
+        expected = {k: 0.5 * v + 0.5 * it[k] for k, v in expected.items()}
+    final = dict(trainer.scene.field.named_parameters())
+    for k, v in expected.items():
+        assert torch.allclose(final[k], v, atol=1e-6), k
+    assert not torch.equal(final["encoding.tables.0"], iterates[-1]["encoding.tables.0"])  # not the last iterate
 
 
 def test_a_coarse_stage_run_exports_a_positive_volume_mesh(make_trainer, tmp_path):

@@ -164,6 +164,7 @@ RANGES: dict[str, Range] = {
     "train.coarse_resolution": Range(16, 256, meaning="lattice points per axis"),
     "train.coarse_fit_iters": Range(1, 100_000),
     "train.lr_final_share": Range(0, 1, lo_open=True, meaning="1 keeps the learning rates constant"),
+    "train.ema_decay": Range(0, 1, hi_open=True, meaning="0 exports the last step's field"),
     "train.log_every": Range(1, BIG, meaning="steps between metrics records"),
     "train.val_every": Range(0, BIG, meaning="0 disables validation images"),
     "train.val_views": Range(1, 1000),

@@ -61,6 +61,10 @@ class TrainConfig:
     # run, or the SDF stage after a coarse one). At a constant rate, SDS's noisy steps leave the surface wherever
     # the last few pushed it; a falling rate lets it settle. 1 keeps them constant.
     lr_final_share: float = 1.0
+    # An exponential moving average of the final field's parameters, loaded into the field at the last step (so
+    # the export and the final checkpoint have it); 0 keeps the last step's field. Guidance noise moves the surface
+    # from step to step, so the last iterate lands anywhere in that wobble; the average sits near its middle.
+    ema_decay: float = 0.0
     # Bookkeeping.
     log_every: int = 10
     val_every: int = 200

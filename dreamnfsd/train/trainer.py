@@ -98,6 +98,7 @@ class Trainer:
         self.total_skips = 0
         self.rollbacks = 0
         self.wall_time = 0.0
+        self.ema: dict[str, torch.Tensor] | None = None  # the final field's averaged parameters (train.ema_decay)
         self.timer = PhaseTimer(enabled=False)  # scripts/bench_step.py turns it on
         self.metrics = MetricsLog(self.run_dir, tensorboard=cfg.logger == "tensorboard")
         self._log_mark = (0, 0.0)  # (step, wall time) at the last logged step, for steps/s
@@ -138,6 +139,7 @@ class Trainer:
         fit_rng = torch.Generator().manual_seed(self.cfg.seed + 2)
         assert isinstance(self.scene.field, SDFField)  # only an SDF run has a coarse stage
         facts = sdf_from_density(coarse.field, self.scene.field, self.cfg, fit_rng)
+        self.ema = None  # it averages the final field only
         self.scene.renderer.mark_occupancy(self.render_generator)
         self.optimizer = self._make_optimizer()
         self._apply_lr()
@@ -165,6 +167,7 @@ class Trainer:
             "total_skips": self.total_skips,
             "rollbacks": self.rollbacks,
             "wall_time": self.wall_time,
+            "ema": self.ema,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -180,6 +183,8 @@ class Trainer:
         self.total_skips = int(state["total_skips"])
         self.rollbacks = int(state["rollbacks"])
         self.wall_time = float(state["wall_time"])
+        ema = state.get("ema")  # checkpoints from before train.ema_decay have none
+        self.ema = None if ema is None else {k: v.to(self.device).clone() for k, v in ema.items()}
         self._apply_lr()
         self.metrics.rewind(self.step)
         self._log_mark = (self.step, self.wall_time)
@@ -256,14 +261,37 @@ class Trainer:
             grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])) if logged else None
             if ok:
                 self.optimizer.step()
+                self._update_ema()
             self.step += 1
         with timer("occupancy"):
             self.scene.renderer.update_occupancy(self.step, self.render_generator)
         coarse_done = self.step >= coarse_steps(self.cfg)
         if coarse_done and self.scene.field.cfg.kind != self.cfg.field.kind:  # the coarse density field's last step
             self._start_sdf()
+        if self.step == tc.steps and self.ema is not None:
+            self._load_ema()
         terms = {k: v.detach() for k, v in terms.items()}
         return StepResult(loss.detach(), g.t.float().mean(), ok, terms, grad_norm)
+
+    def _update_ema(self) -> None:
+        decay = self.cfg.train.ema_decay
+        field = self.scene.field
+        if decay == 0 or field.cfg.kind != self.cfg.field.kind:  # off, or still the coarse stage's density field
+            return
+        with torch.no_grad():
+            if self.ema is None:
+                self.ema = {k: p.detach().clone() for k, p in field.named_parameters()}
+            else:
+                for k, p in field.named_parameters():
+                    self.ema[k].lerp_(p.detach(), 1.0 - decay)
+
+    def _load_ema(self) -> None:
+        """The last step: the field takes the averaged parameters, and the occupancy grid follows its surface."""
+        assert self.ema is not None
+        with torch.no_grad():
+            for k, p in self.scene.field.named_parameters():
+                p.copy_(self.ema[k])
+        self.scene.renderer.mark_occupancy(self.render_generator)
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def fit(self, stop) -> str:
