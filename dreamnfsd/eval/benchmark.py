@@ -32,6 +32,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from dreamnfsd.cameras import CameraBatch
 from dreamnfsd.data import COLORS, SHAPES, make_cameras, render_primitives
@@ -233,7 +234,7 @@ def run_one(
         seed=cfg.seed,
         wall_time_s=round(wall, 1),
         # The whole resolved config, so a folder says what ran, not only which overrides were typed.
-        config=json.loads(json.dumps(asdict(cfg), default=str)),
+        config=OmegaConf.to_container(OmegaConf.structured(cfg)),  # as a checkpoint records it
     )
     return metrics, kept
 
