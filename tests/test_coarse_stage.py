@@ -169,7 +169,7 @@ def test_lattice_values_match_pointwise_evaluation():
 
 
 # --- in the trainer ---------------------------------------------------------------------------------------------
-STEPS, COARSE = 6, 3
+STEPS, COARSE = 11, 3  # 8 SDF steps: enough for train.ema_decay=0.5 (its window may be a quarter of them)
 RUN = [
     "field=sdf",
     f"train.steps={STEPS}",
@@ -253,6 +253,17 @@ def test_trainer_switches_to_the_sdf_and_resumes_across_the_switch_bit_identical
         _train_to(resumed, STEPS)
         got = {k: v for k, v in resumed.state_dict().items() if k != "wall_time"}
         assert_same_state({k: v for k, v in final.items() if k != "wall_time"}, got, name)
+
+
+def test_the_average_spans_at_most_a_quarter_of_the_final_fields_stage():
+    from dreamnfsd.train.trainer import ema_decay
+
+    run = lambda *o: to_run_config(compose(["prompt=a red torus", "prior=builtin", *o]))  # noqa: E731
+    assert ema_decay(run("train.steps=1000")) == 0.99  # the preset: 800 SDF steps, a window of about 100
+    assert ema_decay(run("train.steps=100")) == pytest.approx(0.95)  # 80 SDF steps: a window of 20
+    assert ema_decay(run("train.steps=5")) == 0.0  # 4 SDF steps: the last step's field
+    assert ema_decay(run("train.steps=100", "train.ema_decay=0")) == 0.0
+    assert ema_decay(run("train.steps=100", "field=density", "train.ema_decay=0.9")) == 0.9  # 100 steps, window 10
 
 
 def test_the_last_step_loads_the_average_of_the_final_fields_iterates(make_trainer):

@@ -99,6 +99,15 @@ class Trainer:
         self.rollbacks = 0
         self.wall_time = 0.0
         self.ema: dict[str, torch.Tensor] | None = None  # the final field's averaged parameters (train.ema_decay)
+        if ema_decay(cfg) < cfg.train.ema_decay:
+            log.info(
+                "train.ema_decay %g averages over about %d steps, more than a quarter of the final field's %d; "
+                "using %.4g",
+                cfg.train.ema_decay,
+                round(1 / (1 - cfg.train.ema_decay)),
+                cfg.train.steps - coarse_steps(cfg),
+                ema_decay(cfg),
+            )
         self.timer = PhaseTimer(enabled=False)  # scripts/bench_step.py turns it on
         self.metrics = MetricsLog(self.run_dir, tensorboard=cfg.logger == "tensorboard")
         self._log_mark = (0, 0.0)  # (step, wall time) at the last logged step, for steps/s
@@ -274,7 +283,7 @@ class Trainer:
         return StepResult(loss.detach(), g.t.float().mean(), ok, terms, grad_norm)
 
     def _update_ema(self) -> None:
-        decay = self.cfg.train.ema_decay
+        decay = ema_decay(self.cfg)
         field = self.scene.field
         if decay == 0 or field.cfg.kind != self.cfg.field.kind:  # off, or still the coarse stage's density field
             return
@@ -410,6 +419,18 @@ def lr_decay(cfg: RunConfig, step: int) -> float:
     if share == 1.0 or in_coarse_stage(cfg, step):
         return 1.0
     return share ** stage_progress(cfg, step)
+
+
+EMA_MAX_STAGE_SHARE = 0.25  # the average spans at most this share of the final field's stage
+
+
+def ema_decay(cfg: RunConfig) -> float:
+    """The decay the final field's average uses: ``train.ema_decay``, lowered where its window, about
+    1 / (1 - decay) steps, would exceed a quarter of the final field's stage. A short run's average would otherwise
+    be mostly the field the stage started from (after 80 steps at 0.99, 45% of it is still the first step's)."""
+    decay = cfg.train.ema_decay
+    stage = cfg.train.steps - coarse_steps(cfg)
+    return max(0.0, min(decay, 1.0 - 1.0 / (EMA_MAX_STAGE_SHARE * stage))) if decay > 0 and stage > 0 else decay
 
 
 def curvature_weight(tc, progress: float) -> float:
