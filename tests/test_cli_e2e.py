@@ -20,6 +20,8 @@ def _only_run_dir(root: Path) -> Path:
 
 @pytest.mark.parametrize("guidance, field", [("nfsd", "density"), ("sds", "density"), ("nfsd", "sdf")])
 def test_cli_writes_every_output_and_resumes(tmp_path, tiny_pixel_prior, guidance, field):
+    import imageio.v2 as imageio
+    import numpy as np
     import trimesh
 
     args = [
@@ -65,6 +67,9 @@ def test_cli_writes_every_output_and_resumes(tmp_path, tiny_pixel_prior, guidanc
     assert frames.shape[0] == 6 and frames.shape[1:3] == (24, 24)
     panels = _read_frames(run_dir / "turntable_rgb_normal_opacity.mp4")
     assert panels.shape[0] == 6 and panels.shape[2] == 3 * 24
+    still = imageio.imread(run_dir / "turntable.png")  # lossless: the frames' shaded and normals panels
+    assert still.shape == (2 * 24, 6 * 24, 3)
+    assert np.abs(still[:24, :24].astype(int) - panels[0, :, :24]).mean() < 12  # its first frame is the video's
 
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "completed" and status["step"] == 10

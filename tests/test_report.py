@@ -65,6 +65,8 @@ def make_run(folder: Path, prompt="a red cube", status="completed", mesh=True, v
         frames[:, 8:24, 8:24] = CUBE_RGBA[:3]
         imageio.mimwrite(folder / "turntable.mp4", list(frames), fps=8, macro_block_size=1)
         outputs["turntable"] = str(folder / "turntable.mp4")
+        imageio.imwrite(folder / "turntable.png", np.concatenate(list(frames), axis=1))
+        outputs["turntable_sheet"] = str(folder / "turntable.png")
     run = {"prompt": prompt, "guidance": "nfsd", "seed": 3, "run_dir": str(folder), "steps": 20, "step": step}
     run.update(wall_time_s=12.5, steps_per_s=1.6, nan_skips=0, rollbacks=0, status=status)
     if status == "completed":
@@ -116,7 +118,8 @@ def test_run_report_holds_view_videos_curves_images_settings_and_3d_metrics(tmp_
     for part in ("plotly.js (gzip, 3D viewer)", "3D mesh data (gzip)", "curves (SVG)", "videos", "validation images"):
         assert report.parts[part] > 0, part
     assert 'id="run-status"' in page and "COMPLETED" in page.upper() and "20 of 20" in page
-    assert page.count('src="data:video/mp4;base64,') == 1 and page.count('src="data:image/png;base64,') == 2
+    assert page.count('src="data:video/mp4;base64,') == 1 and page.count('src="data:image/png;base64,') == 3
+    assert "turntable.png: shaded above normals" in page  # the still beside the videos
     assert 'src="data:image/svg+xml;base64,' in page
     assert "Mesh against the true cube" in page and "3D IoU" in page and "prompt=a red cube" in page
     facts = json.loads(re.search(r'id="report-facts">(.*?)</script>', page).group(1))

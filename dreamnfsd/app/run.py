@@ -24,6 +24,9 @@ from dreamnfsd.utils.files import atomic_write_bytes, run_lock
 log = logging.getLogger(__name__)
 
 
+SHEET_FRAMES = 6  # frames in turntable.png
+
+
 @dataclass
 class RunStatus:
     status: str  # completed | interrupted | failed
@@ -46,11 +49,19 @@ def write_json(data: dict, path: Path) -> None:
 
 
 def export_outputs(scene: Scene, cfg: RunConfig, out_dir: Path) -> dict:
-    """Mesh (obj/ply/glb) and the turntable videos into ``out_dir``. Returns {name: path or message}."""
+    """Mesh (obj/ply/glb), the turntable videos and a still of them into ``out_dir``. Returns {name: path or
+    message}."""
     from dreamnfsd.cameras import turntable_cameras
     from dreamnfsd.export.mesh import EmptySurfaceError, extract_mesh, level_rays
     from dreamnfsd.export.texture import write_textured_meshes
-    from dreamnfsd.export.video import normals_to_rgb, side_by_side, write_video
+    from dreamnfsd.export.video import (
+        evenly_spaced,
+        image_grid,
+        normals_to_rgb,
+        side_by_side,
+        write_image,
+        write_video,
+    )
 
     ec = cfg.export
     outputs: dict[str, Any] = {}
@@ -88,6 +99,10 @@ def export_outputs(scene: Scene, cfg: RunConfig, out_dir: Path) -> dict:
             write_video(panels, out_dir / "turntable_rgb_normal_opacity.mp4", ec.video_fps)
         )
         outputs["turntable_albedo"] = str(write_video(albedo["rgb"], out_dir / "turntable_albedo.mp4", ec.video_fps))
+        # A still to glance at (and lossless: video compression smears the normals): 6 frames, shaded over normals.
+        picks = evenly_spaced(len(cams), SHEET_FRAMES)
+        sheet = image_grid(shaded["rgb"][picks], normals[picks])
+        outputs["turntable_sheet"] = str(write_image(sheet, out_dir / "turntable.png"))
     return outputs
 
 

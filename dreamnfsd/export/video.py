@@ -28,6 +28,16 @@ def side_by_side(*images: Tensor) -> Tensor:
     return torch.cat([im.expand(*im.shape[:-1], 3) for im in images], dim=-2)
 
 
+def image_grid(*rows: Tensor) -> Tensor:
+    """Rows of views (N, H, W, 3 or 1) -> one image (rows * H, N * W, 3): each row's views side by side."""
+    return torch.cat([side_by_side(*row.unbind(0)) for row in rows], dim=0)
+
+
+def evenly_spaced(n: int, k: int) -> Tensor:
+    """``min(k, n)`` indices (long) spread evenly over ``range(n)``, starting at 0."""
+    return (torch.arange(min(k, n)) * n) // max(min(k, n), 1)
+
+
 def write_video(frames: Tensor, path: Path, fps: int) -> Path:
     """Write (N, H, W, 3) frames in [0, 1] as an H.264 mp4 (imageio-ffmpeg ships its own ffmpeg)."""
     import imageio.v2 as imageio

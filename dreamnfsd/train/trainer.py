@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dreamnfsd.cameras import CameraBatch, RandomCameraSampler, turntable_cameras
-from dreamnfsd.export.video import normals_to_rgb, to_uint8, write_image
+from dreamnfsd.export.video import image_grid, normals_to_rgb, to_uint8, write_image
 from dreamnfsd.guidance import Guidance
 from dreamnfsd.guidance.priors.base import Prior
 from dreamnfsd.models.sdf_field import SDFField
@@ -404,9 +404,8 @@ class Trainer:
         """Rows of the fixed views: shaded (Lambertian, light at the camera), albedo, normals, opacity."""
         shaded = render_views(self.scene, self.val_cameras, shading="lambertian", ambient=self.cfg.export.ambient)
         albedo = render_views(self.scene, self.val_cameras, shading="albedo")
-        strip = lambda images: torch.cat(list(images.expand(*images.shape[:-1], 3)), dim=1)  # (H, N*W, 3)
-        rows = [shaded["rgb"], albedo["rgb"], normals_to_rgb(shaded["normal"], shaded["opacity"]), shaded["opacity"]]
-        grid = torch.cat([strip(r) for r in rows], dim=0)
+        normals = normals_to_rgb(shaded["normal"], shaded["opacity"])
+        grid = image_grid(shaded["rgb"], albedo["rgb"], normals, shaded["opacity"])
         path = write_image(grid, self.run_dir / "validation" / f"step_{self.step:06d}.png")
         self.metrics.image(self.step, "validation", to_uint8(grid))
         return path

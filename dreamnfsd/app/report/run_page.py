@@ -165,6 +165,11 @@ def videos_section(facts: RunFacts, weights: Weights) -> Html:
             items.append(weights.add("videos", video(path.read_bytes(), caption, cls)))
     if not items:
         return Html(f"<h2>Turntable videos</h2><p>No videos (the run is {esc(facts.state)}).</p>")
+    still = facts.output("turntable_sheet", "turntable.png")
+    if still is not None:
+        alt = "turntable.png: six turntable frames, shaded above normals"
+        img = weights.add("videos", image(still.read_bytes(), "image/png", alt, cls="pixel"))
+        items.append(f"<figure>{img}<figcaption>turntable.png: shaded above normals</figcaption></figure>")
     return Html('<h2>Turntable videos</h2><div class="row">' + "".join(items) + "</div>")
 
 
