@@ -236,7 +236,7 @@ def _train_and_export(cfg: RunConfig, run_dir: Path, trainer: Trainer) -> RunSta
         summary["outputs_step"] = trainer.step
     record("completed", export_time_s=round(time.perf_counter() - started, 2), outputs=outputs)
     print(f"dreamnfsd: done in {trainer.wall_time:.0f}s of training. Outputs in {out_dir}:")
-    for name in ("glb", "obj", "ply", "turntable", "turntable_panels", "turntable_albedo"):
+    for name in ("glb", "obj", "ply", "turntable", "turntable_panels", "turntable_albedo", "turntable_sheet"):
         if name in outputs:
             print(f"  {outputs[name]}")
     return RunStatus("completed", 0)
