@@ -34,7 +34,8 @@ def image_grid(*rows: Tensor) -> Tensor:
 
 
 def evenly_spaced(n: int, k: int) -> Tensor:
-    """``min(k, n)`` indices (long) spread evenly over ``range(n)``, starting at 0."""
+    """``min(k, n)`` indices (long) spread evenly over ``range(n)``, starting at 0, for a cyclic sequence such as a
+    turntable (the report's ``media.evenly`` keeps the last item too, which on a turntable repeats the first view)."""
     return (torch.arange(min(k, n)) * n) // max(min(k, n), 1)
 
 

@@ -99,14 +99,14 @@ class Trainer:
         self.rollbacks = 0
         self.wall_time = 0.0
         self.ema: dict[str, torch.Tensor] | None = None  # the final field's averaged parameters (train.ema_decay)
-        if ema_decay(cfg) < cfg.train.ema_decay:
+        if (decay := ema_decay(cfg)) < cfg.train.ema_decay:
             log.info(
                 "train.ema_decay %g averages over about %d steps, more than a quarter of the final field's %d; "
                 "using %.4g",
                 cfg.train.ema_decay,
                 round(1 / (1 - cfg.train.ema_decay)),
                 cfg.train.steps - coarse_steps(cfg),
-                ema_decay(cfg),
+                decay,
             )
         self.timer = PhaseTimer(enabled=False)  # scripts/bench_step.py turns it on
         self.metrics = MetricsLog(self.run_dir, tensorboard=cfg.logger == "tensorboard")
