@@ -6,6 +6,7 @@ differ, so values cannot match), and the torch renderer against the nerfacc one 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import math
@@ -38,7 +39,14 @@ from dreamnfsd.rendering.backends import nerfacc_available, sync_estimator
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_NERFACC = importlib.util.find_spec("nerfacc") is not None
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (torch.cuda.is_available() is False)")
+_skip_without_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (torch.cuda.is_available() is False)")
+
+
+def needs_cuda(test):
+    """Skip without CUDA, and mark ``cuda`` so ``pytest -m cuda`` selects every GPU check."""
+    return pytest.mark.cuda(_skip_without_cuda(test))
+
+
 needs_nerfacc = pytest.mark.skipif(not HAS_NERFACC, reason="needs nerfacc (pip install nerfacc==0.5.3)")
 
 
@@ -164,9 +172,13 @@ def test_tcnn_and_torch_encodings_reach_equal_quality():
 @needs_cuda
 @pytest.mark.parametrize("kind", ["density", "sdf"])
 def test_torch_renderer_cuda_matches_cpu(kind):
+    """The same field and occupancy grid on both devices (a field built on CUDA draws its initial weights from
+    another generator, and marking the grid samples with one): only the arithmetic differs."""
     o, d = turntable_cameras(2, height=24, width=24).rays()
-    cpu = make_renderer(sphere_field("cpu", kind), "torch", "cpu")
-    gpu = make_renderer(sphere_field("cuda", kind), "torch", "cuda")
+    field = sphere_field("cpu", kind)
+    cpu = make_renderer(field, "torch", "cpu")
+    gpu = make_renderer(copy.deepcopy(field).cuda(), "torch", "cuda")
+    gpu.grid.load_state_dict(cpu.grid.state_dict())
     with torch.no_grad():
         a, b = cpu.render(o, d), gpu.render(o.cuda(), d.cuda())
     torch.testing.assert_close(b["rgb"].cpu(), a["rgb"], atol=1e-4, rtol=0)

@@ -296,6 +296,23 @@ def test_a_coarse_stage_run_exports_a_positive_volume_mesh(make_trainer, tmp_pat
     assert mesh.volume > 0 and np.isfinite(mesh.vertices).all()
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+def test_a_coarse_stage_run_switches_and_exports_on_cuda(tiny_pixel_prior, tmp_path):
+    """The hand-over (carve, fit, switch) with the fields on the GPU: its lattice once stayed on the CPU."""
+    from dreamnfsd.export.mesh import extract_mesh
+    from dreamnfsd.guidance.priors import PriorConfig, load_prior
+    from dreamnfsd.train.trainer import Trainer
+
+    cfg = to_run_config(compose(["prompt=a red torus", *tiny_run_overrides(tiny_pixel_prior, tmp_path), *RUN]))
+    prior = load_prior(PriorConfig(kind="pixel", model=str(tiny_pixel_prior)), "cuda")
+    trainer = Trainer(cfg, tmp_path / "cuda", torch.device("cuda"), prior)
+    _train_to(trainer, STEPS)
+    assert trainer.scene.field.cfg.kind == "sdf" and next(trainer.scene.field.parameters()).is_cuda
+    mesh = extract_mesh(trainer.scene.field, 40)
+    assert mesh.volume > 0 and np.isfinite(mesh.vertices).all()
+
+
 def test_dreamnfsd_export_rebuilds_a_coarse_stage_checkpoint_as_a_density_field(make_trainer):
     from types import SimpleNamespace
 

@@ -41,9 +41,17 @@ def lattice_values(
     return out.t().reshape(-1, resolution, resolution, resolution)
 
 
-def sample_grid(fn: Callable[[Tensor], Tensor], resolution: int, bound: float, chunk: int = 65536) -> Tensor:
-    """Evaluate ``fn`` (N,3) -> (N,) on a ``resolution``^3 lattice spanning [-bound, bound]^3. Returns (R, R, R)."""
-    return lattice_values(lambda x: fn(x)[:, None], resolution, bound, device_of(fn), chunk)[0]
+def sample_grid(
+    fn: Callable[[Tensor], Tensor],
+    resolution: int,
+    bound: float,
+    chunk: int = 65536,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Evaluate ``fn`` (N,3) -> (N,) on a ``resolution``^3 lattice spanning [-bound, bound]^3, on ``device`` (default:
+    :func:`device_of` ``fn``, which cannot see through a lambda: pass it then). Returns (R, R, R) on the CPU."""
+    device = device_of(fn) if device is None else torch.device(device)
+    return lattice_values(lambda x: fn(x)[:, None], resolution, bound, device, chunk)[0]
 
 
 def device_of(fn) -> torch.device:
@@ -178,10 +186,10 @@ def extract_mesh(
     device = next(field.parameters()).device
     with torch.no_grad():
         if field.cfg.kind == "sdf":
-            values = sample_grid(lambda x: -field.sdf(x), resolution, bound)
+            values = sample_grid(lambda x: -field.sdf(x), resolution, bound, device=device)
             level = 0.0 if threshold == "auto" else -float(threshold)
         else:
-            values = sample_grid(field.density, resolution, bound)
+            values = sample_grid(field.density, resolution, bound, device=device)
             if threshold != "auto":
                 level = float(threshold)
             elif level_rays is None:
