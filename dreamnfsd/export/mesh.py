@@ -42,15 +42,10 @@ def lattice_values(
 
 
 def sample_grid(
-    fn: Callable[[Tensor], Tensor],
-    resolution: int,
-    bound: float,
-    chunk: int = 65536,
-    device: torch.device | str | None = None,
+    fn: Callable[[Tensor], Tensor], resolution: int, bound: float, device: torch.device, chunk: int = 65536
 ) -> Tensor:
-    """Evaluate ``fn`` (N,3) -> (N,) on a ``resolution``^3 lattice spanning [-bound, bound]^3, on ``device`` (default:
-    :func:`device_of` ``fn``, which cannot see through a lambda: pass it then). Returns (R, R, R) on the CPU."""
-    device = device_of(fn) if device is None else torch.device(device)
+    """Evaluate ``fn`` (N,3) -> (N,) on ``device`` at a ``resolution``^3 lattice spanning [-bound, bound]^3. Returns
+    (R, R, R) on the CPU. The device is not guessed from ``fn``: a lambda around a CUDA field looks like the CPU."""
     return lattice_values(lambda x: fn(x)[:, None], resolution, bound, device, chunk)[0]
 
 
@@ -186,10 +181,10 @@ def extract_mesh(
     device = next(field.parameters()).device
     with torch.no_grad():
         if field.cfg.kind == "sdf":
-            values = sample_grid(lambda x: -field.sdf(x), resolution, bound, device=device)
+            values = sample_grid(lambda x: -field.sdf(x), resolution, bound, device)
             level = 0.0 if threshold == "auto" else -float(threshold)
         else:
-            values = sample_grid(field.density, resolution, bound, device=device)
+            values = sample_grid(field.density, resolution, bound, device)
             if threshold != "auto":
                 level = float(threshold)
             elif level_rays is None:
