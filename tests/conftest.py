@@ -15,6 +15,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.cuda`` alone marks a GPU check: ``pytest -m cuda`` selects them all, and without a CUDA
+    device each one skips, saying why (one place, so the marker and the skip cannot drift apart)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skipif(True, reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip, append=False)  # first of the skipifs: the reason shown is the CUDA one
+
+
 @pytest.fixture(scope="session")
 def tiny_pixel_prior(tmp_path_factory) -> Path:
     """A tiny random camera-aware pixel prior folder (16 px), built once per session."""

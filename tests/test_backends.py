@@ -39,12 +39,6 @@ from dreamnfsd.rendering.backends import nerfacc_available, sync_estimator
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_NERFACC = importlib.util.find_spec("nerfacc") is not None
-_skip_without_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (torch.cuda.is_available() is False)")
-
-
-def needs_cuda(test):
-    """Skip without CUDA, and mark ``cuda`` so ``pytest -m cuda`` selects every GPU check."""
-    return pytest.mark.cuda(_skip_without_cuda(test))
 
 
 needs_nerfacc = pytest.mark.skipif(not HAS_NERFACC, reason="needs nerfacc (pip install nerfacc==0.5.3)")
@@ -117,7 +111,7 @@ def test_compositing_matches_nerfacc_batched_on_cpu():
 
 
 # ---- CUDA ---------------------------------------------------------------------------------------------------------
-@needs_cuda
+@pytest.mark.cuda
 def test_torch_encoding_cuda_matches_cpu():
     cfg = HashEncodingConfig(n_levels=6, log2_hashmap_size=14, base_resolution=8, per_level_scale=1.8, backend="torch")
     torch.manual_seed(0)
@@ -155,7 +149,7 @@ def _fit_encoding(enc, device: str, steps: int = 300) -> float:
         return F.mse_loss(head(enc(x)), target(x)).item()
 
 
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.skipif(not tcnn_available(), reason="needs tinycudann (built from source on CUDA machines)")
 def test_tcnn_and_torch_encodings_reach_equal_quality():
     base = dict(n_levels=8, log2_hashmap_size=15, base_resolution=8, per_level_scale=1.5)
@@ -169,7 +163,7 @@ def test_tcnn_and_torch_encodings_reach_equal_quality():
     assert max(m_torch, m_tcnn) < 2.0 * min(m_torch, m_tcnn) + 1e-4
 
 
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["density", "sdf"])
 def test_torch_renderer_cuda_matches_cpu(kind):
     """The same field and occupancy grid on both devices (a field built on CUDA draws its initial weights from
@@ -184,8 +178,8 @@ def test_torch_renderer_cuda_matches_cpu(kind):
     torch.testing.assert_close(b["rgb"].cpu(), a["rgb"], atol=1e-4, rtol=0)
 
 
-@needs_cuda
-@pytest.mark.skipif(not (HAS_CUDA and nerfacc_available()), reason="needs nerfacc importable with CUDA")
+@pytest.mark.cuda
+@pytest.mark.skipif(not nerfacc_available(), reason="needs nerfacc importable (pip install nerfacc==0.5.3)")
 @pytest.mark.parametrize("kind", ["density", "sdf"])
 def test_nerfacc_and_torch_renderers_agree(kind):
     """Same field, same grid: nerfacc's traversal + packed weights and our torch path give the same image."""
@@ -211,7 +205,7 @@ def test_nerfacc_and_torch_renderers_agree(kind):
         assert a["eikonal_loss"].item() == pytest.approx(b["eikonal_loss"].item(), abs=1e-3)
 
 
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.skipif(not tcnn_available(), reason="needs tinycudann (built from source on CUDA machines)")
 def test_sdf_field_on_tcnn_has_finite_difference_normals_and_gradients():
     """tiny-cuda-nn's hash grid has no double backward; the SDF's normals, Eikonal and curvature terms are plain

@@ -87,7 +87,6 @@ def test_small_bench_runs_on_cpu_and_writes_json(tmp_path):
 
 @pytest.mark.cuda
 @pytest.mark.slow
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (SD 2.1-base-sized bench)")
 def test_full_bench_meets_targets_on_gpu(tmp_path):
     """SD 2.1-base architecture at 64x64 on a real GPU: NFSD peak memory and step/UNet ratio within target."""
     _, result = _run_bench(tmp_path, "--steps", "10", "--device", "cuda", timeout=600, gpu=True)

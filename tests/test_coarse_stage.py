@@ -297,7 +297,6 @@ def test_a_coarse_stage_run_exports_a_positive_volume_mesh(make_trainer, tmp_pat
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
 def test_a_coarse_stage_run_switches_and_exports_on_cuda(tiny_pixel_prior, tmp_path):
     """The hand-over (carve, fit, switch) with the fields on the GPU: its lattice once stayed on the CPU."""
     from dreamnfsd.export.mesh import extract_mesh

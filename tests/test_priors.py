@@ -242,7 +242,6 @@ def test_casting_a_prior_keeps_alpha_bar_float32(pixel_folders):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (fp16 path)")
 def test_sd_prior_fp16_on_cuda(sd_folder):
     prior = StableDiffusionPrior.from_pretrained(str(sd_folder), device="cuda")
     assert prior.unet.dtype == torch.float16 and prior.alphas_cumprod.dtype == torch.float32
