@@ -1,0 +1,111 @@
+"""Which object size a prior's guidance prefers, measured on exact renders of a primitive.
+
+A primitive rendered at scale s gives an image I(s). A guidance method applies the per-pixel gradient w(t) g to the
+image; to first order that moves the size by ``-<w(t) g, dI/ds>``: the *size pull*, positive where the guidance
+would grow the object. Where a term's pull crosses zero is the size it prefers. The unconditional denoiser of a prior
+trained on scale-1 images should prefer 1; NFSD's delta_C and delta_D (and SDS, dominated by its large-scale
+delta_C) may not, and a 3D run inherits what they prefer. Common random numbers (the same cameras, lights, t and
+noise at every scale) keep the differences between scales far less noisy than each value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dreamnfsd.data.primitives import DEGRADATIONS, NEGATIVE_PROMPT, make_cameras, render_primitives
+from dreamnfsd.guidance.core import DEFAULT_SCALE, select_cameras, timestep_weights
+from dreamnfsd.guidance.nfsd import nfsd_direction
+from dreamnfsd.guidance.priors.base import Prior
+from dreamnfsd.guidance.sds import sds_direction
+
+
+@dataclass
+class SizePullConfig:
+    shape: str = "cube"
+    color: str = "red"
+    scales: tuple[float, ...] = (0.94, 0.97, 1.0, 1.03, 1.06)
+    n: int = 256  # images (camera, light, t, noise) per scale
+    ds: float = 0.01  # central difference of I(s)
+    t_range: tuple[int, int] = (20, 980)  # integer timesteps, as the guidance's default fractions of T=1000
+    nfsd_t_threshold: int = 200
+    phrase_groups: bool = True  # also delta_D with p_neg = one degradation's phrases at a time
+    seed: int = 0
+    chunk: int = 128
+
+
+def preferred_scale(scales: list[float], pulls: list[float]) -> float | None:
+    """The first scale where ``pulls`` falls through zero (linear between the two scales around it), or None."""
+    for (s0, p0), (s1, p1) in zip(zip(scales, pulls), zip(scales[1:], pulls[1:])):
+        if p0 >= 0 > p1:
+            return s0 + (s1 - s0) * p0 / (p0 - p1)
+    return None
+
+
+def _views(cfg: SizePullConfig, resolution: int):
+    """Cameras, t and noise shared by every scale: (az, el) (n,), t (n,) long, noise (n, 3, res, res)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    az = 2 * math.pi * torch.rand(cfg.n, generator=g)
+    lo, hi = (math.sin(math.radians(e)) for e in (-10.0, 45.0))
+    el = torch.asin(lo + (hi - lo) * torch.rand(cfg.n, generator=g))
+    t = torch.randint(cfg.t_range[0], cfg.t_range[1] + 1, (cfg.n,), generator=g)
+    noise = torch.randn(cfg.n, 3, resolution, resolution, generator=g)
+    return az, el, t, noise
+
+
+@torch.no_grad()
+def size_pull(prior: Prior, cfg: SizePullConfig) -> dict[str, list[tuple[float, float]]]:
+    """Per guidance term, per scale of ``cfg.scales``: (mean, standard error) of the size pull over ``cfg.n`` images.
+
+    Terms: ``unconditional`` (eps(null) - eps), ``delta_C``, ``delta_D`` (NFSD's, p_neg the paper's), ``nfsd``
+    (delta_D + 7.5 delta_C), ``sds`` (scale 100) and, with ``phrase_groups``, ``delta_D[<degradation>]`` with p_neg
+    that degradation's phrases. Images are 2x2-supersampled renders on white, as the built-in prior's training data.
+    """
+    res = prior.resolution
+    az, el, t, noise = _views(cfg, res)
+    cams = make_cameras(az, el, res)
+    ab = prior.alphas_cumprod.cpu()[t].view(-1, 1, 1, 1)
+    w = timestep_weights(ab.view(-1), "one_minus_alpha_bar").view(-1, 1, 1, 1)
+    negatives = {"delta_D": NEGATIVE_PROMPT}
+    if cfg.phrase_groups:
+        negatives |= {f"delta_D[{k}]": ", ".join(v) for k, v in DEGRADATIONS.items()}
+    prompts = {"null": "", "cond": f"a {cfg.color} {cfg.shape}", **negatives}
+    emb = dict(zip(prompts, prior.encode_text(list(prompts.values())).cpu()))
+
+    def image(scale: float) -> Tensor:
+        light = torch.Generator().manual_seed(cfg.seed + 1)  # the same lights at every scale
+        views = render_primitives(
+            [cfg.shape] * cfg.n, [cfg.color] * cfg.n, az, el, res, scale=torch.tensor(scale), generator=light
+        )
+        return prior.to_model_space(views["rgb"].to(prior.device)).cpu()
+
+    def eps(x_t: Tensor, key: str) -> Tensor:
+        out = []
+        for i in range(0, cfg.n, cfg.chunk):
+            rows = torch.arange(i, min(cfg.n, i + cfg.chunk))
+            e = emb[key].expand(len(rows), -1, -1)
+            x = x_t[rows].to(prior.device)
+            out.append(prior.predict_noise(x, t[rows].to(prior.device), e.to(prior.device), select_cameras(cams, rows)))
+        return torch.cat(out).float().cpu()
+
+    result: dict[str, list[tuple[float, float]]] = {}
+    for scale in cfg.scales:
+        z0 = image(scale)
+        dz = (image(scale + cfg.ds) - image(scale - cfg.ds)) / (2 * cfg.ds)
+        z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
+        e = {key: eps(z_t, key) for key in prompts}
+        terms = {
+            "unconditional": e["null"] - noise,
+            "delta_C": e["cond"] - e["null"],
+            "nfsd": nfsd_direction(e["null"], e["cond"], e["delta_D"], t, DEFAULT_SCALE["nfsd"], cfg.nfsd_t_threshold),
+            "sds": sds_direction(e["null"], e["cond"], noise, DEFAULT_SCALE["sds"]),
+        }
+        for key in negatives:  # delta_D alone: NFSD's direction at guidance scale 0
+            terms[key] = nfsd_direction(e["null"], e["cond"], e[key], t, 0.0, cfg.nfsd_t_threshold)
+        for name, g in terms.items():
+            pull = -(w * g * dz).sum((1, 2, 3))
+            result.setdefault(name, []).append((pull.mean().item(), (pull.std() / math.sqrt(cfg.n)).item()))
+    return result
