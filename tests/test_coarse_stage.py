@@ -259,7 +259,7 @@ def test_the_average_spans_at_most_a_quarter_of_the_final_fields_stage():
     from dreamnfsd.train.trainer import ema_decay
 
     run = lambda *o: to_run_config(compose(["prompt=a red torus", "prior=builtin", *o]))  # noqa: E731
-    assert ema_decay(run("train.steps=1000")) == 0.99  # the preset: 800 SDF steps, a window of about 100
+    assert ema_decay(run()) == 0.99  # the preset: 720 SDF steps, a window of about 100
     assert ema_decay(run("train.steps=100")) == pytest.approx(0.95)  # 80 SDF steps: a window of 20
     assert ema_decay(run("train.steps=5")) == 0.0  # 4 SDF steps: the last step's field
     assert ema_decay(run("train.steps=100", "train.ema_decay=0")) == 0.0
