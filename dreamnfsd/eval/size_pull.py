@@ -16,8 +16,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dreamnfsd.data.primitives import DEGRADATIONS, NEGATIVE_PROMPT, make_cameras, render_primitives
-from dreamnfsd.guidance.core import DEFAULT_SCALE, select_cameras, timestep_weights
+from dreamnfsd.data.primitives import DEGRADATIONS, make_cameras, render_primitives
+from dreamnfsd.guidance.core import (
+    DEFAULT_NEGATIVE,
+    DEFAULT_SCALE,
+    GuidanceConfig,
+    sample_timesteps,
+    select_cameras,
+    timestep_weights,
+)
 from dreamnfsd.guidance.nfsd import nfsd_direction
 from dreamnfsd.guidance.priors.base import Prior
 from dreamnfsd.guidance.sds import sds_direction
@@ -30,7 +37,7 @@ class SizePullConfig:
     scales: tuple[float, ...] = (0.94, 0.97, 1.0, 1.03, 1.06)
     n: int = 256  # images (camera, light, t, noise) per scale
     ds: float = 0.01  # central difference of I(s)
-    t_range: tuple[int, int] = (20, 980)  # integer timesteps, as the guidance's default fractions of T=1000
+    t_range: tuple[float, float] = GuidanceConfig.t_range  # fractions of T, drawn as the guidance draws them
     nfsd_t_threshold: int = 200
     phrase_groups: bool = True  # also delta_D with p_neg = one degradation's phrases at a time
     seed: int = 0
@@ -45,13 +52,13 @@ def preferred_scale(scales: list[float], pulls: list[float]) -> float | None:
     return None
 
 
-def _views(cfg: SizePullConfig, resolution: int):
+def _views(cfg: SizePullConfig, resolution: int, num_train_timesteps: int):
     """Cameras, t and noise shared by every scale: (az, el) (n,), t (n,) long, noise (n, 3, res, res)."""
     g = torch.Generator().manual_seed(cfg.seed)
     az = 2 * math.pi * torch.rand(cfg.n, generator=g)
     lo, hi = (math.sin(math.radians(e)) for e in (-10.0, 45.0))
     el = torch.asin(lo + (hi - lo) * torch.rand(cfg.n, generator=g))
-    t = torch.randint(cfg.t_range[0], cfg.t_range[1] + 1, (cfg.n,), generator=g)
+    t = sample_timesteps(cfg.n, num_train_timesteps, cfg.t_range, g)
     noise = torch.randn(cfg.n, 3, resolution, resolution, generator=g)
     return az, el, t, noise
 
@@ -65,11 +72,11 @@ def size_pull(prior: Prior, cfg: SizePullConfig) -> dict[str, list[tuple[float, 
     that degradation's phrases. Images are 2x2-supersampled renders on white, as the built-in prior's training data.
     """
     res = prior.resolution
-    az, el, t, noise = _views(cfg, res)
+    az, el, t, noise = _views(cfg, res, prior.num_train_timesteps)
     cams = make_cameras(az, el, res)
     ab = prior.alphas_cumprod.cpu()[t].view(-1, 1, 1, 1)
     w = timestep_weights(ab.view(-1), "one_minus_alpha_bar").view(-1, 1, 1, 1)
-    negatives = {"delta_D": NEGATIVE_PROMPT}
+    negatives = {"delta_D": DEFAULT_NEGATIVE}
     if cfg.phrase_groups:
         negatives |= {f"delta_D[{k}]": ", ".join(v) for k, v in DEGRADATIONS.items()}
     prompts = {"null": "", "cond": f"a {cfg.color} {cfg.shape}", **negatives}
@@ -98,7 +105,7 @@ def size_pull(prior: Prior, cfg: SizePullConfig) -> dict[str, list[tuple[float, 
         z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
         e = {key: eps(z_t, key) for key in prompts}
         terms = {
-            "unconditional": e["null"] - noise,
+            "unconditional": sds_direction(e["null"], e["cond"], noise, 0.0),  # SDS at guidance scale 0
             "delta_C": e["cond"] - e["null"],
             "nfsd": nfsd_direction(e["null"], e["cond"], e["delta_D"], t, DEFAULT_SCALE["nfsd"], cfg.nfsd_t_threshold),
             "sds": sds_direction(e["null"], e["cond"], noise, DEFAULT_SCALE["sds"]),
