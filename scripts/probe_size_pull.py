@@ -3,6 +3,7 @@ the object), at a few scales around the training size, and where each term's pul
 (dreamnfsd.eval.size_pull). A check for a retrained prior: its terms should prefer scale 1.
 
     .venv/bin/python scripts/probe_size_pull.py [--shape cube] [--color red] [--n 256] [--prior-folder DIR]
+        [--t-range 0.02 0.98] [--supersample 2] [--no-phrase-groups]
 """
 
 from __future__ import annotations
@@ -20,19 +21,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--color", default=SizePullConfig.color)
     parser.add_argument("--n", type=int, default=SizePullConfig.n, help="images per scale")
     parser.add_argument("--scales", type=float, nargs="+", default=list(SizePullConfig.scales))
+    parser.add_argument(
+        "--t-range",
+        type=float,
+        nargs=2,
+        default=list(SizePullConfig.t_range),
+        help="t drawn in [LO, HI] (fractions of T)",
+    )
+    parser.add_argument(
+        "--supersample", type=int, default=SizePullConfig.supersample, help="rays per pixel side (1: pixel centres)"
+    )
+    parser.add_argument("--no-phrase-groups", action="store_true", help="skip delta_D per degradation group")
     parser.add_argument("--prior-folder", default=None, help="a pixel prior folder instead of the built-in one")
     parser.add_argument("--out", default="outputs/size_pull.json")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.t_range[0] <= args.t_range[1] <= 1.0:
+        parser.error(f"--t-range: {args.t_range} must satisfy 0 <= LO <= HI <= 1; e.g. --t-range 0.02 0.2")
+    if args.supersample < 1:
+        parser.error(f"--supersample: {args.supersample} must be at least 1; e.g. --supersample 1")
 
     prior_cfg = PriorConfig(kind="pixel", model=args.prior_folder) if args.prior_folder else PriorConfig(kind="builtin")
     prior = load_prior(prior_cfg)
     prior.validate_prompt(f"a {args.color} {args.shape}")
-    cfg = SizePullConfig(shape=args.shape, color=args.color, n=args.n, scales=tuple(sorted(args.scales)))
+    cfg = SizePullConfig(
+        shape=args.shape,
+        color=args.color,
+        n=args.n,
+        scales=tuple(sorted(args.scales)),
+        t_range=tuple(args.t_range),
+        supersample=args.supersample,
+        phrase_groups=not args.no_phrase_groups,
+    )
     pulls = size_pull(prior, cfg)
     preferred = {name: preferred_scale(list(cfg.scales), [m for m, _ in rows]) for name, rows in pulls.items()}
     columns = [("term", "<22"), *((f"pull at {s:g}", ">16") for s in cfg.scales), ("preferred scale", ">16.3f")]
     rows = [[name, *(f"{m:+.1f} ± {se:.1f}" for m, se in values), preferred[name]] for name, values in pulls.items()]
-    print(f"size pull of each guidance term on renders of a {args.color} {args.shape} ({cfg.n} views per scale)")
+    print(
+        f"size pull of each guidance term on renders of a {args.color} {args.shape} ({cfg.n} views per scale, "
+        f"t in {cfg.t_range[0]:g}-{cfg.t_range[1]:g} T, {cfg.supersample}x{cfg.supersample} rays a pixel)"
+    )
     print(format_table(columns, rows))
     report = {"config": cfg.__dict__, "prior": prior_cfg.__dict__, "pull": pulls, "preferred_scale": preferred}
     print(f"wrote {write_json(report, args.out)}")

@@ -90,6 +90,7 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
             assert summary[key] is not None, key
         assert set(summary["per_shape"]) == {"cube", "sphere"}
         assert "axis_aligned_share" in summary["per_shape"]["cube"]
+        assert all({"volume_ratio", "fscore_true_volume"} <= set(v) for v in summary["per_shape"].values())
     assert len(results["runs"]) == 4
     for run in results["runs"]:
         assert 0 <= run["r_precision"] <= 1 and set(run["r_precision_by_group"]) == {"side", "mid", "top"}
@@ -110,6 +111,7 @@ def test_quick_benchmark_writes_json_markdown_and_contact_sheet(tmp_path):
     table = (out / "results.md").read_text()
     assert "| method | scale | 3D IoU | F-score@0.02 |" in table and "| a blue sphere | nfsd |" in table
     assert "| method | scale | R-precision | IoU side | IoU top |" in table and "| target | measured | met |" in table
+    assert "| cube axis-aligned | volume / true | F at true volume |" in table
     sheet = imageio.imread(out / "contact_sheet.png")
     assert sheet.shape[0] == 2 * 2 * 32 and sheet.shape[2] == 3  # one row per prompt, 2x upscaled 32 px views
     geo = imageio.imread(out / "geometry_sheet.png")  # per method: shaded views, then their normals, 3x upscaled

@@ -47,6 +47,17 @@ def test_a_mesh_ten_percent_too_large_scores_the_closed_form_iou(shape):
     m = mesh_geometry_metrics(mesh, shape, FAST)
     # Its surface is 0.05-0.06 away everywhere: no sample is within 0.02, and the Chamfer distance says by how much.
     assert m["fscore"] < 0.05 and m["chamfer"] == pytest.approx(0.05 if shape == "cube" else 0.06, abs=0.006)
+    # Its shape is right: brought back to the true volume, it scores like the truth.
+    assert m["volume_scale"] == pytest.approx(1 / 1.1, abs=0.002) and m["fscore_true_volume"] > 0.99
+
+
+def test_a_squashed_cube_keeps_a_low_f_score_at_the_true_volume():
+    """The size diagnostic separates size from shape: a box 1.2 x 1.2 x 0.7 has about the true volume (1.008) and
+    the wrong shape, so rescaling it to the true volume cannot rescue its F-score."""
+    box = trimesh.creation.box(extents=(1.2, 1.2, 0.7))
+    m = mesh_geometry_metrics(box, "cube", FAST)
+    assert m["volume_scale"] == pytest.approx(1.008 ** (-1 / 3), abs=0.001)
+    assert m["fscore_true_volume"] < 0.2 and m["fscore_true_volume"] == pytest.approx(m["fscore"], abs=0.05)
 
 
 def test_hollow_shell_with_the_right_outline_scores_low():
@@ -77,6 +88,7 @@ def test_inside_out_mesh_has_negative_volume():
     mesh.invert()
     m = mesh_geometry_metrics(mesh, "sphere", FAST)
     assert m["volume"] < 0 and m["iou"] > 0.99  # parity does not care; the sanity check does
+    assert m["volume_scale"] is None and m["fscore_true_volume"] is None  # no size to bring back
 
 
 def test_truth_rendered_against_itself_has_no_image_error_and_a_turned_normal_does():

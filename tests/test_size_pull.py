@@ -43,3 +43,33 @@ def test_the_script_prints_a_table_and_writes_json(tmp_path):
     assert "preferred scale" in proc.stdout and "delta_D[blur]" in proc.stdout
     report = json.loads(out.read_text())
     assert report["config"]["shape"] == "sphere" and len(report["pull"]["delta_C"]) == 2
+
+
+def test_the_script_takes_a_t_band_and_pixel_centre_rays(tmp_path):
+    out = tmp_path / "band.json"
+    args = ["--n", "4", "--scales", "0.95", "1.05", "--t-range", "0.5", "0.98", "--supersample", "1"]
+    proc = subprocess.run(
+        [sys.executable, "scripts/probe_size_pull.py", *args, "--no-phrase-groups", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "t in 0.5-0.98 T, 1x1 rays a pixel" in proc.stdout and "delta_D[blur]" not in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["config"]["t_range"] == [0.5, 0.98] and report["config"]["supersample"] == 1
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--t-range", ["0.6", "0.2"]), ("--supersample", ["0"])])
+def test_the_script_refuses_a_bad_band_or_ray_count_naming_the_flag(tmp_path, flag, value):
+    out = tmp_path / "never.json"
+    proc = subprocess.run(
+        [sys.executable, "scripts/probe_size_pull.py", flag, *value, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and f"{flag}:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()

@@ -10,6 +10,9 @@ rotation about the vertical axis that fits best (a generated object may be turne
   mesh);
 - normal consistency: mean |n_mesh . n_true| at surface samples, both ways;
 - mesh sanity: connected components, watertight, signed volume, surface area beside the truth's;
+- size apart from shape (a diagnostic, not a target): the uniform scale about the primitive's centre that gives the
+  mesh the true volume, and the F-score once the mesh is scaled by it. Faces that sit ``tau`` too far out score
+  about 0.5 on F and near 1 here, so the pair tells a wrong size from a wrong shape;
 - for the cube, the area share of faces whose normal lies within 10 degrees of a coordinate axis.
 
 Mesh->truth distances are exact (|sdf| of the analytic primitive); truth->mesh distances go to dense point samples
@@ -259,28 +262,39 @@ def axis_aligned_share(vertices: np.ndarray, faces: np.ndarray, tolerance_deg: f
     return float(area[aligned].sum() / max(area.sum(), 1e-20))
 
 
+def precision_recall(pts: np.ndarray, truth: np.ndarray, shape: str, tau: float):
+    """Mesh samples ``pts`` (N, 3) against true-surface samples ``truth`` (M, 3), both in the primitive's frame:
+    (precision, recall, F-score at ``tau``, |sdf| of each mesh sample (N,), distance of each truth sample to the
+    nearest mesh sample (M,), the index of that sample (M,))."""
+    from scipy.spatial import cKDTree
+
+    d_mesh = np.abs(true_sdf(shape, pts))
+    d_truth, nearest = cKDTree(pts).query(truth)
+    precision, recall = float((d_mesh < tau).mean()), float((d_truth < tau).mean())
+    fscore = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return precision, recall, fscore, d_mesh, d_truth, nearest
+
+
 def mesh_geometry_metrics(mesh, shape: str, settings: GeometrySettings | None = None) -> dict:
     """All 3D metrics of a ``trimesh.Trimesh`` (or anything with vertices and faces) against ``shape``.
 
     Returns a flat dict of floats/ints/bools: iou, chamfer_mesh_to_truth, chamfer_truth_to_mesh, chamfer, p95
     (mesh->truth), precision, recall, fscore, normal_consistency, components, watertight, volume (signed),
-    area, area_ratio (area / true area), rotation_deg, and for the cube axis_aligned_share.
+    area, area_ratio (area / true area), rotation_deg, volume_scale and fscore_true_volume (None unless the signed
+    volume is positive), and for the cube axis_aligned_share.
     """
     import trimesh
-    from scipy.spatial import cKDTree
 
     s = settings or GeometrySettings()
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
-    pts, normals = sample_surface(vertices, faces, s.n_samples, s.seed)
-    rotation = best_rotation(pts, shape, s)
-    vertices, pts, normals = rotate_z(vertices, -rotation), rotate_z(pts, -rotation), rotate_z(normals, -rotation)
+    samples, normals = sample_surface(vertices, faces, s.n_samples, s.seed)
+    rotation = best_rotation(samples, shape, s)
+    vertices, pts, normals = rotate_z(vertices, -rotation), rotate_z(samples, -rotation), rotate_z(normals, -rotation)
     truth, truth_normals = true_surface_samples(shape, s.n_samples, s.seed)
-    d_mesh = np.abs(true_sdf(shape, pts))
-    d_truth, nearest = cKDTree(pts).query(truth)
+    precision, recall, fscore, d_mesh, d_truth, nearest = precision_recall(pts, truth, shape, s.tau)
     nc_mesh = np.abs((normals * true_normals(shape, pts)).sum(1)).mean()
     nc_truth = np.abs((truth_normals * normals[nearest]).sum(1)).mean()
-    precision, recall = float((d_mesh < s.tau).mean()), float((d_truth < s.tau).mean())
     tm = trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
     out = {
         "iou": volumetric_iou(vertices, faces, shape, s.lines, s.bound, s.seed),
@@ -290,7 +304,7 @@ def mesh_geometry_metrics(mesh, shape: str, settings: GeometrySettings | None = 
         "p95_mesh_to_truth": float(np.percentile(d_mesh, 95)),
         "precision": precision,
         "recall": recall,
-        "fscore": 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0,
+        "fscore": fscore,
         "normal_consistency": float(0.5 * (nc_mesh + nc_truth)),
         "components": len(tm.split(only_watertight=False)),
         "watertight": bool(tm.is_watertight),
@@ -300,7 +314,16 @@ def mesh_geometry_metrics(mesh, shape: str, settings: GeometrySettings | None = 
         "true_area": TRUE_AREA[shape],
         "area_ratio": float(tm.area / TRUE_AREA[shape]),
         "rotation_deg": rotation,
+        "volume_scale": None,
+        "fscore_true_volume": None,
     }
+    if tm.volume > 0:  # the primitives are centred on the origin, so scaling about it keeps the object in place
+        k = (TRUE_VOLUME[shape] / tm.volume) ** (1.0 / 3.0)
+        # The rotation is fitted again: the one that suits a wrong size need not suit the right one.
+        scaled = samples * k
+        scaled = rotate_z(scaled, -best_rotation(scaled, shape, s))
+        out["volume_scale"] = float(k)
+        out["fscore_true_volume"] = precision_recall(scaled, truth, shape, s.tau)[2]
     if shape == "cube":
         out["axis_aligned_share"] = axis_aligned_share(vertices, faces, s.axis_tolerance_deg)
     return out

@@ -40,6 +40,9 @@ class SizePullConfig:
     t_range: tuple[float, float] = GuidanceConfig.t_range  # fractions of T, drawn as the guidance draws them
     nfsd_t_threshold: int = 200
     phrase_groups: bool = True  # also delta_D with p_neg = one degradation's phrases at a time
+    # rays per pixel side of the images the guidance sees: 2 (box-filtered) as the prior's training data, 1 through
+    # pixel centres as a field's training rays without camera.pixel_jitter
+    supersample: int = 2
     seed: int = 0
     chunk: int = 128
 
@@ -69,7 +72,8 @@ def size_pull(prior: Prior, cfg: SizePullConfig) -> dict[str, list[tuple[float, 
 
     Terms: ``unconditional`` (eps(null) - eps), ``delta_C``, ``delta_D`` (NFSD's, p_neg the paper's), ``nfsd``
     (delta_D + 7.5 delta_C), ``sds`` (scale 100) and, with ``phrase_groups``, ``delta_D[<degradation>]`` with p_neg
-    that degradation's phrases. Images are 2x2-supersampled renders on white, as the built-in prior's training data.
+    that degradation's phrases. Images are renders on white, ``cfg.supersample``² rays a pixel (2: as the built-in
+    prior's training data).
     """
     res = prior.resolution
     az, el, t, noise = _views(cfg, res, prior.num_train_timesteps)
@@ -85,7 +89,14 @@ def size_pull(prior: Prior, cfg: SizePullConfig) -> dict[str, list[tuple[float, 
     def image(scale: float) -> Tensor:
         light = torch.Generator().manual_seed(cfg.seed + 1)  # the same lights at every scale
         views = render_primitives(
-            [cfg.shape] * cfg.n, [cfg.color] * cfg.n, az, el, res, scale=torch.tensor(scale), generator=light
+            [cfg.shape] * cfg.n,
+            [cfg.color] * cfg.n,
+            az,
+            el,
+            res,
+            supersample=cfg.supersample,
+            scale=torch.tensor(scale),
+            generator=light,
         )
         return prior.to_model_space(views["rgb"].to(prior.device)).cpu()
 

@@ -25,12 +25,18 @@ GEOMETRY_KEYS = {
     "area_ratio": ("geometry", "area_ratio"),
     "normal_angle_deg": ("image_geometry", "normal_angle_deg"),
     "depth_rel_error": ("image_geometry", "depth_rel_error"),
+    # Size apart from shape (diagnostics; runs scored before they existed lack them and are left out of the mean).
+    "fscore_true_volume": ("geometry", "fscore_true_volume"),
 }
 
 
 def _mean(xs) -> float:
     xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     return sum(xs) / len(xs) if xs else math.nan
+
+
+def _fmt(x: float) -> str:
+    return "–" if math.isnan(x) else f"{x:.3f}"
 
 
 def one_shell(run: dict) -> bool:
@@ -46,7 +52,8 @@ def shape_summary(runs: list[dict]) -> dict:
     out["r_precision"] = round(_mean([r["r_precision"] for r in runs]), 3)
     if all("geometry" in r for r in runs):
         for name, (section, key) in GEOMETRY_KEYS.items():
-            out[name] = round(_mean([r[section][key] for r in runs]), 4)
+            out[name] = round(_mean([r[section].get(key) for r in runs]), 4)
+        out["volume_ratio"] = round(_mean([r["geometry"]["volume"] / r["geometry"]["true_volume"] for r in runs]), 3)
         out["min_prompt_iou3d"] = round(min(r["geometry"]["iou"] for r in runs), 3)
         out["one_shell"] = sum(one_shell(r) for r in runs)
         out["runs"] = len(runs)
@@ -183,8 +190,9 @@ def markdown(summary: dict, runs: list[dict], overrides: Sequence[str] = (), mis
         lines += [
             "",
             "| shape | method | 3D IoU | F-score@0.02 | normal consistency | Chamfer | area / true | normals error | "
-            "depth error | lowest prompt 3D IoU | R-precision | silhouette IoU side / top | cube axis-aligned |",
-            "|---" * 13 + "|",
+            "depth error | lowest prompt 3D IoU | R-precision | silhouette IoU side / top | cube axis-aligned | "
+            "volume / true | F at true volume |",
+            "|---" * 15 + "|",
         ]
         for shape in SHAPES:
             for m, s in summary.items():
@@ -194,7 +202,8 @@ def markdown(summary: dict, runs: list[dict], overrides: Sequence[str] = (), mis
                         f"| {shape} | {m} | {v['iou3d']:.3f} | {v['fscore']:.3f} | {v['normal_consistency']:.3f} | "
                         f"{v['chamfer']:.4f} | {v['area_ratio']:.2f} | {v['normal_angle_deg']:.1f}° | "
                         f"{v['depth_rel_error']:.3f} | {v['min_prompt_iou3d']:.3f} | {v['r_precision']:.1%} | "
-                        f"{v['side']:.3f} / {v['top']:.3f} | {v.get('axis_aligned_share', '–')} |"
+                        f"{v['side']:.3f} / {v['top']:.3f} | {v.get('axis_aligned_share', '–')} | "
+                        f"{v['volume_ratio']:.3f} | {_fmt(v['fscore_true_volume'])} |"
                     )
         lines += ["", "| target | measured | met |", "|---|---|---|"]
         for what, measured, met in check_targets(summary, runs):
