@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C (the first ends the run with a checkpoint), or one during start-up
+        print("interrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
+        return 130
     return 0
 
 

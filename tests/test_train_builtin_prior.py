@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from dataclasses import replace
 
 import torch
 
-from dreamnfsd.guidance.priors import PixelPrior
+from dreamnfsd.guidance.priors import PixelPrior, builtin_training
 from dreamnfsd.guidance.priors.builtin_training import PriorTrainConfig, train
 from dreamnfsd.guidance.priors.pixel import pose_harmonics
 
@@ -85,3 +87,22 @@ def test_a_second_restart_keeps_the_first_in_the_reproduce_chain(tmp_path):
     assert "--init-from work_data/prior_step2 --work-dir work_data/from_step2 --steps 3 " in card
     assert "--ema 0.999 --out work_data/prior_step3" in card
     assert "--init-from work_data/prior_step3 --work-dir work_data/from_step3 --steps 4 " in card
+
+
+def test_ctrl_c_ends_training_with_a_checkpoint_and_an_export(tmp_path, monkeypatch):
+    """The first Ctrl-C finishes the step under way, then checkpoints and exports (no steps lost, no traceback); the
+    handlers are restored afterwards."""
+    step = builtin_training.train_step
+
+    def step_then_ctrl_c(*args):
+        lr = step(*args)
+        os.kill(os.getpid(), signal.SIGINT)
+        return lr
+
+    monkeypatch.setattr(builtin_training, "train_step", step_then_ctrl_c)
+    before = signal.getsignal(signal.SIGINT)
+    with torch.random.fork_rng():
+        state = train(replace(TOY, steps=5, work_dir=tmp_path, out=tmp_path / "prior"))
+    assert state.step == 1 and signal.getsignal(signal.SIGINT) is before
+    assert torch.load(tmp_path / "prior_ckpt_seed0.pt", weights_only=False)["step"] == 1
+    assert json.loads((tmp_path / "prior" / "dreamnfsd_prior.json").read_text())["train_steps"] == 1

@@ -421,15 +421,25 @@ def train_step(cfg: PriorTrainConfig, state: TrainState, data: dict, weights: Te
 
 # --- the run --------------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[threading.Event]:
-    """An event that SIGTERM (plain ``kill PID``) sets, so the loop can end with a checkpoint and an export; the
-    previous handler is restored on exit."""
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event that SIGTERM (plain ``kill PID``) or a first Ctrl-C sets, so the loop ends with a checkpoint and an
+    export instead of losing the steps since the last checkpoint; a second Ctrl-C interrupts at once. The previous
+    handlers are restored on exit."""
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def first_interrupt(*_):
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig, handler in ((signal.SIGTERM, lambda *_: stop.set()), (signal.SIGINT, first_interrupt))
+    }
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def camera_diagnostic(components: PriorComponents) -> str:
@@ -440,7 +450,7 @@ def camera_diagnostic(components: PriorComponents) -> str:
 
 
 def train(cfg: PriorTrainConfig) -> TrainState:
-    """Train until ``cfg.steps``, the time budget or SIGTERM; checkpoint every ``cfg.checkpoint_minutes`` and at
+    """Train until ``cfg.steps``, the time budget, SIGTERM or Ctrl-C; checkpoint every ``cfg.checkpoint_minutes`` and at
     the end, export the EMA model to ``cfg.out``. With ``cfg.steps`` at or below the resumed step, only exports."""
     start = time.time()
     torch.set_num_threads(cfg.threads)
@@ -459,7 +469,7 @@ def train(cfg: PriorTrainConfig) -> TrainState:
     state.model.text_encoder.train()
     last_ckpt, t_log, step_log = time.time(), time.time(), state.step
     log_path = cfg.work_dir / f"prior_loss_seed{cfg.seed}.csv"
-    with stop_on_sigterm() as stop, log_path.open("a") as csv:
+    with stop_on_signals() as stop, log_path.open("a") as csv:
         if state.step == 0:
             csv.write("step,loss,lr,elapsed_s,steps_per_s\n")
         while state.step < cfg.steps and (time.time() - start) / 60 < cfg.max_minutes and not stop.is_set():
@@ -480,6 +490,10 @@ def train(cfg: PriorTrainConfig) -> TrainState:
                 log.info("exported step %d to %s; EMA %s", step, cfg.out, camera_diagnostic(state.ema_model))
         save_checkpoint(cfg, state)
         export(cfg, state)
+        if stop.is_set():
+            log.info(
+                "stopped by a signal at step %d: checkpoint and export written; continue with --resume", state.step
+            )
     log.info("done: step %d loss %.4f; exported to %s", state.step, state.loss_avg, cfg.out)
     return state
 
