@@ -25,6 +25,8 @@ ALBEDO: dict[str, tuple[float, float, float]] = {
     "yellow": (0.92, 0.80, 0.10),
     "purple": (0.62, 0.15, 0.78),
 }
+# NFSD's negative prompt p_neg (Katzir et al.), the guidance's default (dreamnfsd.guidance.core.DEFAULT_NEGATIVE):
+# the degradations below draw what its words say.
 NEGATIVE_PROMPT = (
     "unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, low-resolution, gloomy"
 )
@@ -251,6 +253,18 @@ def caption(shape: str, color: str, degradations: list[str], with_object: bool, 
     return ", ".join(([obj] if with_object else []) + words)
 
 
+def sample_view_angles(
+    n: int, generator: torch.Generator, elevation_range: tuple[float, float] = (-10.0, 45.0)
+) -> tuple[Tensor, Tensor]:
+    """The training images' view angles: azimuth (n,) uniform in [0, 2 pi) and elevation (n,) in radians within
+    ``elevation_range`` (degrees), uniform on the sphere's height (as RandomCameraSampler draws them) so that views
+    are not bunched at the pole. Draws azimuths first, then elevations, from ``generator``."""
+    azimuth = 2 * math.pi * torch.rand(n, generator=generator)
+    lo, hi = (math.sin(math.radians(e)) for e in elevation_range)
+    elevation = torch.asin(lo + (hi - lo) * torch.rand(n, generator=generator))
+    return azimuth, elevation
+
+
 def make_dataset(
     n: int,
     seed: int,
@@ -272,10 +286,7 @@ def make_dataset(
     g = torch.Generator().manual_seed(seed)
     shape_idx = torch.randint(len(SHAPES), (n,), generator=g)
     color_idx = torch.randint(len(COLORS), (n,), generator=g)
-    azimuth = 2 * math.pi * torch.rand(n, generator=g)
-    # Uniform on the sphere's height (as RandomCameraSampler does) so views are not bunched at the pole.
-    lo, hi = (math.sin(math.radians(e)) for e in elevation_range)
-    elevation = torch.asin(lo + (hi - lo) * torch.rand(n, generator=g))
+    azimuth, elevation = sample_view_angles(n, g, elevation_range)
     rgbs, masks = [], []
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dreamnfsd.data.primitives import DEGRADATIONS, make_cameras, render_primitives
+from dreamnfsd.data.primitives import DEGRADATIONS, make_cameras, render_primitives, sample_view_angles
 from dreamnfsd.guidance.core import (
     DEFAULT_NEGATIVE,
     DEFAULT_SCALE,
@@ -58,9 +58,7 @@ def preferred_scale(scales: list[float], pulls: list[float]) -> float | None:
 def _views(cfg: SizePullConfig, resolution: int, num_train_timesteps: int):
     """Cameras, t and noise shared by every scale: (az, el) (n,), t (n,) long, noise (n, 3, res, res)."""
     g = torch.Generator().manual_seed(cfg.seed)
-    az = 2 * math.pi * torch.rand(cfg.n, generator=g)
-    lo, hi = (math.sin(math.radians(e)) for e in (-10.0, 45.0))
-    el = torch.asin(lo + (hi - lo) * torch.rand(cfg.n, generator=g))
+    az, el = sample_view_angles(cfg.n, g)  # the prior's training views
     t = sample_timesteps(cfg.n, num_train_timesteps, cfg.t_range, g)
     noise = torch.randn(cfg.n, 3, resolution, resolution, generator=g)
     return az, el, t, noise

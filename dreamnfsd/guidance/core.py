@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from dreamnfsd.cameras import CameraBatch
+from dreamnfsd.data.primitives import NEGATIVE_PROMPT
 from dreamnfsd.guidance.nfsd import nfsd_direction, nfsd_needs_negative
 from dreamnfsd.guidance.priors.base import Prior
 from dreamnfsd.guidance.prompts import PromptEmbeddings, TextEmbeddings
@@ -24,9 +25,8 @@ GUIDANCE_KINDS = ("nfsd", "sds")
 WEIGHTINGS = ("one_minus_alpha_bar", "uniform", "sqrt_alpha_bar_one_minus_alpha_bar")
 ANNEAL_SCHEDULES = ("linear", "sqrt")
 DEFAULT_SCALE = {"sds": 100.0, "nfsd": 7.5}
-DEFAULT_NEGATIVE = (
-    "unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, low-resolution, gloomy"
-)
+# NFSD's p_neg, the paper's words. One copy: the built-in prior's degraded training images are captioned with them.
+DEFAULT_NEGATIVE = NEGATIVE_PROMPT
 
 
 @dataclass
