@@ -31,13 +31,19 @@ def lattice_bytes(resolution: int) -> int:
 
 @torch.no_grad()
 def lattice_values(
-    fn: Callable[[Tensor], Tensor], resolution: int, bound: float, device: torch.device, chunk: int = 65536
+    fn: Callable[[Tensor], Tensor],
+    resolution: int,
+    bound: float,
+    device: torch.device,
+    chunk: int = 65536,
+    out_device: torch.device | str = "cpu",
 ) -> Tensor:
     """Evaluate ``fn`` (N, 3) -> (N, C) on ``device`` at a ``resolution``^3 lattice spanning [-bound, bound]^3,
-    indexed [x, y, z]. Returns (C, R, R, R) on the CPU."""
+    indexed [x, y, z]. Returns (C, R, R, R) on ``out_device`` (the CPU for marching cubes; the field's device for
+    a caller that goes on computing there, which saves a round trip)."""
     axis = torch.linspace(-bound, bound, resolution)
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    out = torch.cat([fn(p.to(device)).float().cpu() for p in pts.split(chunk)])
+    out = torch.cat([fn(p.to(device)).float().to(out_device) for p in pts.split(chunk)])
     return out.t().reshape(-1, resolution, resolution, resolution)
 
 

@@ -121,8 +121,7 @@ def solid_from_density(field: HashGridField, camera: CameraSamplerConfig, resolu
     density lattice twice as fine, for speed), its largest piece, cavities filled."""
     device = next(field.parameters()).device
     bound = float(field.cfg.bound)
-    # lattice_values returns the lattice on the CPU; the carving rays are on the field's device.
-    density = lattice_values(lambda x: field.density(x)[:, None], 2 * resolution, bound, device)[0].to(device)
+    density = lattice_values(lambda x: field.density(x)[:, None], 2 * resolution, bound, device, out_device=device)[0]
     solid = carve(
         lambda x: grid_lookup(density, x, bound),
         *carving_rays(camera, resolution, device),
