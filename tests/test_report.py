@@ -122,6 +122,7 @@ def test_run_report_holds_view_videos_curves_images_settings_and_3d_metrics(tmp_
     assert "turntable.png: shaded above normals" in page  # the still beside the videos
     assert 'src="data:image/svg+xml;base64,' in page
     assert "Mesh against the true cube" in page and "3D IoU" in page and "prompt=a red cube" in page
+    assert "once scaled to the true volume (size apart from shape)" in page
     facts = json.loads(re.search(r'id="report-facts">(.*?)</script>', page).group(1))
     assert facts["status"] == "completed" and facts["geometry"]["iou"] > 0.95
     figure = json.loads(unpack(page, "viewer-data"))

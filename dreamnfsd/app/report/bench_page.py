@@ -25,6 +25,7 @@ KEY_METRICS = (
     ("F-score@0.02", ("geometry", "fscore"), True),
     ("normal consistency", ("geometry", "normal_consistency"), True),
     ("Chamfer", ("geometry", "chamfer"), False),
+    ("F at true volume (size apart)", ("geometry", "fscore_true_volume"), None),
     ("shells", ("geometry", "components"), None),
     ("normals error (°)", ("image_geometry", "normal_angle_deg"), False),
     ("R-precision", ("r_precision",), True),

@@ -48,6 +48,7 @@ GEOMETRY_ROWS = (
     ("watertight", "watertight", None),
     ("volume", "volume", None),
     ("true_volume", "true volume", None),
+    ("fscore_true_volume", "F-score@0.02 once scaled to the true volume (size apart from shape)", None),
     ("axis_aligned_share", "axis-aligned area share (cube)", None),
 )
 
@@ -128,7 +129,7 @@ def geometry_section(metrics: dict | None, shape: str | None, error: str | None)
         return Html(f"{head}<p>Not measured: {esc(error or 'no mesh')}.</p>")
     rows = []
     for key, label, higher in GEOMETRY_ROWS:
-        if key not in metrics:
+        if metrics.get(key) is None:  # not measured (the cube's share), or no positive volume to scale
             continue
         target = TARGETS_3D.get(key)
         goal = None if target is None else f"{'≥' if higher else '≤'} {target}"
