@@ -88,7 +88,7 @@ def summarise(runs: list[dict]) -> dict:
         }
         if all("geometry" in r for r in rs):
             for name, (section, key) in GEOMETRY_KEYS.items():
-                summary[name] = round(_mean([r[section][key] for r in rs]), 4)
+                summary[name] = round(_mean([r[section].get(key) for r in rs]), 4)
             summary["min_prompt_iou3d"] = round(min(r["geometry"]["iou"] for r in rs), 3)
             summary["one_shell"] = sum(one_shell(r) for r in rs)
         out[method] = summary
