@@ -317,8 +317,8 @@ def mesh_geometry_metrics(mesh, shape: str, settings: GeometrySettings | None = 
         "volume_scale": None,
         "fscore_true_volume": None,
     }
-    if tm.volume > 0:  # the primitives are centred on the origin, so scaling about it keeps the object in place
-        k = (TRUE_VOLUME[shape] / tm.volume) ** (1.0 / 3.0)
+    if out["volume"] > 0:  # the primitives are centred on the origin, so scaling about it keeps the object in place
+        k = (TRUE_VOLUME[shape] / out["volume"]) ** (1.0 / 3.0)
         # The rotation is fitted again: the one that suits a wrong size need not suit the right one.
         scaled = samples * k
         scaled = rotate_z(scaled, -best_rotation(scaled, shape, s))

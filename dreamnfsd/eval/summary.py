@@ -44,6 +44,16 @@ def one_shell(run: dict) -> bool:
     return g.get("components") == 1 and g.get("volume", -1.0) > 0
 
 
+def geometry_means(runs: list[dict]) -> dict:
+    """The 3D and image-space metrics over runs that all have them: the means of GEOMETRY_KEYS (a key some runs
+    lack is averaged over those that have it), the lowest 3D IoU and the count of one-shell meshes. One block for
+    a shape's summary and a method's, so the two cannot read the runs differently."""
+    out = {name: round(_mean([r[section].get(key) for r in runs]), 4) for name, (section, key) in GEOMETRY_KEYS.items()}
+    out["min_prompt_iou3d"] = round(min(r["geometry"]["iou"] for r in runs), 3)
+    out["one_shell"] = sum(one_shell(r) for r in runs)
+    return out
+
+
 def shape_summary(runs: list[dict]) -> dict:
     """Means over one shape's runs of one method: silhouette IoU per group, the 3D and image-space metrics."""
     out = {g: round(_mean([r["iou"][g] for r in runs]), 3) for g in ("side", "top")}
@@ -51,11 +61,8 @@ def shape_summary(runs: list[dict]) -> dict:
     out["fitted_size"] = round(_mean([r["fitted_scale"]["side"] for r in runs]), 3)
     out["r_precision"] = round(_mean([r["r_precision"] for r in runs]), 3)
     if all("geometry" in r for r in runs):
-        for name, (section, key) in GEOMETRY_KEYS.items():
-            out[name] = round(_mean([r[section].get(key) for r in runs]), 4)
+        out.update(geometry_means(runs))
         out["volume_ratio"] = round(_mean([r["geometry"]["volume"] / r["geometry"]["true_volume"] for r in runs]), 3)
-        out["min_prompt_iou3d"] = round(min(r["geometry"]["iou"] for r in runs), 3)
-        out["one_shell"] = sum(one_shell(r) for r in runs)
         out["runs"] = len(runs)
         shares = [r["geometry"]["axis_aligned_share"] for r in runs if "axis_aligned_share" in r["geometry"]]
         if shares:
@@ -87,10 +94,7 @@ def summarise(runs: list[dict]) -> dict:
             "per_shape": per_shape,
         }
         if all("geometry" in r for r in rs):
-            for name, (section, key) in GEOMETRY_KEYS.items():
-                summary[name] = round(_mean([r[section].get(key) for r in rs]), 4)
-            summary["min_prompt_iou3d"] = round(min(r["geometry"]["iou"] for r in rs), 3)
-            summary["one_shell"] = sum(one_shell(r) for r in rs)
+            summary.update(geometry_means(rs))
         out[method] = summary
     return out
 
