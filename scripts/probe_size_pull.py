@@ -3,7 +3,9 @@ the object), at a few scales around the training size, and where each term's pul
 (dreamnfsd.eval.size_pull). A check for a retrained prior: its terms should prefer scale 1.
 
     .venv/bin/python scripts/probe_size_pull.py [--shape cube] [--color red] [--n 256] [--prior-folder DIR]
-        [--t-range 0.02 0.98] [--supersample 2] [--no-phrase-groups]
+        [--t-range 0.02 0.98] [--supersample 2] [--no-phrase-groups] [--axes z]
+
+With ``--axes z`` the scales stretch the object's height only: which proportions each term prefers.
 """
 
 from __future__ import annotations
@@ -31,12 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--supersample", type=int, default=SizePullConfig.supersample, help="rays per pixel side (1: pixel centres)"
     )
+    parser.add_argument(
+        "--axes", default=SizePullConfig.axes, help="axes the scale acts on: xyz (size), z (height), xy (width)"
+    )
     parser.add_argument("--no-phrase-groups", action="store_true", help="skip delta_D per degradation group")
     parser.add_argument("--prior-folder", default=None, help="a pixel prior folder instead of the built-in one")
     parser.add_argument("--out", default="outputs/size_pull.json")
     args = parser.parse_args(argv)
     if not 0.0 <= args.t_range[0] <= args.t_range[1] <= 1.0:
         parser.error(f"--t-range: {args.t_range} must satisfy 0 <= LO <= HI <= 1; e.g. --t-range 0.02 0.2")
+    if not args.axes or set(args.axes) - set("xyz") or len(set(args.axes)) != len(args.axes):
+        parser.error(f"--axes: {args.axes!r} must be distinct letters of x, y, z; e.g. --axes z")
     if args.supersample < 1:
         parser.error(f"--supersample: {args.supersample} must be at least 1; e.g. --supersample 1")
 
@@ -50,14 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         scales=tuple(sorted(args.scales)),
         t_range=tuple(args.t_range),
         supersample=args.supersample,
+        axes="".join(sorted(args.axes)),
         phrase_groups=not args.no_phrase_groups,
     )
     pulls = size_pull(prior, cfg)
     preferred = {name: preferred_scale(list(cfg.scales), [m for m, _ in rows]) for name, rows in pulls.items()}
     columns = [("term", "<22"), *((f"pull at {s:g}", ">16") for s in cfg.scales), ("preferred scale", ">16.3f")]
     rows = [[name, *(f"{m:+.1f} ± {se:.1f}" for m, se in values), preferred[name]] for name, values in pulls.items()]
+    what = "size" if cfg.axes == "xyz" else f"stretch along {cfg.axes}"
     print(
-        f"size pull of each guidance term on renders of a {args.color} {args.shape} ({cfg.n} views per scale, "
+        f"{what} pull of each guidance term on renders of a {args.color} {args.shape} ({cfg.n} views per scale, "
         f"t in {cfg.t_range[0]:g}-{cfg.t_range[1]:g} T, {cfg.supersample}x{cfg.supersample} rays a pixel)"
     )
     print(format_table(columns, rows))

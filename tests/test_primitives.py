@@ -60,3 +60,25 @@ def test_dataset_deterministic_and_captioned():
             assert cap == f"a {COLORS[c]} {SHAPES[s]}"
         else:
             assert "," in cap or not cap.startswith("a ")
+
+
+def test_a_stretch_changes_only_the_stretched_axis_and_stays_a_safe_bound():
+    """The proportion probe's renders: (1, 1, 1.1) makes the cylinder 10% taller and no wider; no stretch and a unit
+    stretch give the same bits; the stretched distance never exceeds the true one (sphere tracing stays safe)."""
+    tall = torch.tensor([1.0, 1.0, 1.1])
+    on_surface = torch.tensor([[0.0, 0.0, 0.55 * 1.1], [0.45, 0.0, 0.0], [0.0, 0.45, 0.3]])
+    assert primitive_sdf("cylinder", on_surface, stretch=tall).abs().max() < 1e-6
+    outside = torch.tensor([[0.0, 0.0, 0.8], [1.0, 0.0, 0.0]])
+    truth = torch.tensor([0.8 - 0.605, 1.0 - 0.45])
+    d = primitive_sdf("cylinder", outside, stretch=tall)
+    assert (d > 0).all() and (d <= truth + 1e-6).all()
+    args = (["cylinder"] * 2, ["blue"] * 2, deg(0, 90), deg(0, 0))
+    g = lambda: torch.Generator().manual_seed(0)  # the same lights
+    plain = render_primitives(*args, scale_jitter=0.0, generator=g())
+    unit = render_primitives(*args, scale_jitter=0.0, generator=g(), stretch=torch.ones(3))
+    assert torch.equal(plain["rgb"], unit["rgb"])
+    taller = render_primitives(*args, scale_jitter=0.0, generator=g(), stretch=tall)["mask"][:, 0]
+    rows = lambda m: (m.sum(-1) > 0.5).sum(-1)  # image rows the object covers: its height
+    cols = lambda m: (m.sum(-2) > 0.5).sum(-1)
+    base = plain["mask"][:, 0]
+    assert (rows(taller) > rows(base)).all() and torch.equal(cols(taller), cols(base))

@@ -61,7 +61,9 @@ def test_the_script_takes_a_t_band_and_pixel_centre_rays(tmp_path):
     assert report["config"]["t_range"] == [0.5, 0.98] and report["config"]["supersample"] == 1
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--t-range", ["0.6", "0.2"]), ("--supersample", ["0"])])
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--t-range", ["0.6", "0.2"]), ("--supersample", ["0"]), ("--axes", ["zw"])]
+)
 def test_the_script_refuses_a_bad_band_or_ray_count_naming_the_flag(tmp_path, flag, value):
     out = tmp_path / "never.json"
     proc = subprocess.run(
@@ -73,3 +75,11 @@ def test_the_script_refuses_a_bad_band_or_ray_count_naming_the_flag(tmp_path, fl
     )
     assert proc.returncode == 2 and f"{flag}:" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_the_shipped_prior_knows_a_cylinders_height():
+    """--axes z: the unconditional denoiser pulls a 10%-short cylinder taller and a 10%-tall one shorter."""
+    prior = load_prior(PriorConfig(kind="builtin"))
+    cfg = SizePullConfig(shape="cylinder", color="blue", scales=(0.9, 1.1), n=32, phrase_groups=False, axes="z")
+    (short, short_se), (tall, tall_se) = size_pull(prior, cfg)["unconditional"]
+    assert short > 3 * short_se and tall < -3 * tall_se, (short, tall)

@@ -77,16 +77,18 @@ def test_a_second_restart_keeps_the_first_in_the_reproduce_chain(tmp_path):
     dirs = [tmp_path / name for name in ("first", "second", "third")]
     with torch.random.fork_rng():
         train(replace(TOY, steps=2, work_dir=dirs[0], out=dirs[0] / "prior"))
-        for prev, cur, steps in ((dirs[0], dirs[1], 3), (dirs[1], dirs[2], 4)):
-            train(replace(TOY, steps=steps, work_dir=cur, out=cur / "prior", init_from=prev / "prior"))
+        for prev, cur, steps, seed in ((dirs[0], dirs[1], 3, 0), (dirs[1], dirs[2], 4, 1)):
+            train(replace(TOY, steps=steps, seed=seed, work_dir=cur, out=cur / "prior", init_from=prev / "prior"))
     meta = json.loads((dirs[2] / "prior" / "dreamnfsd_prior.json").read_text())
     assert meta["train_steps"] == 4 and meta["init_steps"] == [2, 3]
+    assert meta["seed_history"] == [[0, 0], [3, 1]]  # the last restart took a new seed
     card = (dirs[2] / "prior" / "README.md").read_text()
     assert "steps 3-3 from the step-2 export; steps 4-4 from the step-3 export" in card
+    assert "seed 0 from step 0, 1 from step 3;" in card
     assert "--seed 0 --steps 2 " in card and "--ema 0.999 --out work_data/prior_step2" in card
-    assert "--init-from work_data/prior_step2 --work-dir work_data/from_step2 --steps 3 " in card
+    assert "--seed 0 --init-from work_data/prior_step2 --work-dir work_data/from_step2 --steps 3 " in card
     assert "--ema 0.999 --out work_data/prior_step3" in card
-    assert "--init-from work_data/prior_step3 --work-dir work_data/from_step3 --steps 4 " in card
+    assert "--seed 1 --init-from work_data/prior_step3 --work-dir work_data/from_step3 --steps 4 " in card
 
 
 def test_ctrl_c_ends_training_with_a_checkpoint_and_an_export(tmp_path, monkeypatch):

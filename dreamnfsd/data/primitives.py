@@ -78,18 +78,23 @@ _SDFS = {
 }
 
 
-def primitive_sdf(shape: str, points: Tensor, scale: float | Tensor = 1.0) -> Tensor:
+def primitive_sdf(shape: str, points: Tensor, scale: float | Tensor = 1.0, stretch: Tensor | None = None) -> Tensor:
     """Signed distance of the canonical primitive ``shape`` scaled by ``scale``.
 
     Args:
         points: (..., 3) world points. scale: a float, or a tensor broadcastable to points[..., 0].
+        stretch: optional per-axis factors broadcastable to points (e.g. (1, 1, 1.05): 5% taller). The result is
+            then a lower bound of the distance (exact along the least-stretched axis), still safe to sphere-trace.
     Returns:
         (...) signed distances, negative inside.
     """
     if shape not in _SDFS:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
     s = torch.as_tensor(scale, dtype=points.dtype)
-    return _SDFS[shape](points / s[..., None]) * s
+    if stretch is None:
+        return _SDFS[shape](points / s[..., None]) * s
+    a = stretch.to(points.dtype)
+    return _SDFS[shape](points / (s[..., None] * a)) * s * a.amin(-1)
 
 
 def primitive_occupancy(shape: str, points: Tensor, scale: float | Tensor = 1.0) -> Tensor:
@@ -110,8 +115,11 @@ def make_cameras(azimuth: Tensor, elevation: Tensor, resolution: int) -> CameraB
     )
 
 
-def _trace(shape_idx: Tensor, scale: Tensor, origins: Tensor, dirs: Tensor, iters: int) -> tuple[Tensor, Tensor]:
-    """Sphere-trace rays (B, R, 3) against per-image primitives. Returns hit points (B, R, 3) and hit mask (B, R)."""
+def _trace(
+    shape_idx: Tensor, scale: Tensor, origins: Tensor, dirs: Tensor, iters: int, stretch: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Sphere-trace rays (B, R, 3) against per-image primitives (stretch: None or (B, 3)). Returns hit points
+    (B, R, 3) and hit mask (B, R)."""
     # Start on the bounding sphere (camera distance is fixed, so rays start near the front of it).
     b_dot = (origins * dirs).sum(-1)
     disc = b_dot.square() - (origins.square().sum(-1) - BOUND**2)
@@ -122,15 +130,18 @@ def _trace(shape_idx: Tensor, scale: Tensor, origins: Tensor, dirs: Tensor, iter
         if not sel.any():
             continue
         o, d, tk, s = origins[sel], dirs[sel], t[sel], scale[sel][:, None]
+        a = None if stretch is None else stretch[sel][:, None]
         for _ in range(iters):
-            dk = primitive_sdf(name, o + tk[..., None] * d, s)
+            dk = primitive_sdf(name, o + tk[..., None] * d, s, a)
             tk = tk + 0.95 * dk  # slight under-relaxation keeps the (bound-only) cone SDF safe
         t[sel], dist[sel] = tk, dk
     hit = (dist.abs() < 2e-3) & (disc > 0)
     return origins + t[..., None] * dirs, hit
 
 
-def _normals(shape_idx: Tensor, scale: Tensor, points: Tensor, eps: float = 1e-3) -> Tensor:
+def _normals(
+    shape_idx: Tensor, scale: Tensor, points: Tensor, eps: float = 1e-3, stretch: Tensor | None = None
+) -> Tensor:
     """Central-difference SDF gradients at points (B, R, 3), normalised."""
     offsets = torch.eye(3) * eps
     n = torch.zeros_like(points)
@@ -139,7 +150,8 @@ def _normals(shape_idx: Tensor, scale: Tensor, points: Tensor, eps: float = 1e-3
         if not sel.any():
             continue
         p, s = points[sel], scale[sel][:, None]
-        grads = [primitive_sdf(name, p + o, s) - primitive_sdf(name, p - o, s) for o in offsets]
+        a = None if stretch is None else stretch[sel][:, None]
+        grads = [primitive_sdf(name, p + o, s, a) - primitive_sdf(name, p - o, s, a) for o in offsets]
         n[sel] = torch.stack(grads, dim=-1)
     return F.normalize(n, dim=-1)
 
@@ -156,6 +168,7 @@ def render_primitives(
     light_jitter: float = 0.3,
     iters: int = 48,
     scale: Tensor | None = None,
+    stretch: Tensor | None = None,
 ) -> dict:
     """Render B single-primitive images on white.
 
@@ -164,6 +177,8 @@ def render_primitives(
         azimuth, elevation: (B,) radians.
         generator: drives scale jitter and light placement; same generator state gives identical images.
         scale: (B,) fixed object scales instead of the random ``1 ± scale_jitter``.
+        stretch: optional (3,) or (B, 3) factors along the canonical x, y, z on top of the scale (a probe of
+            proportions: (1, 1, 1.05) is 5% taller); the training data never stretches.
     Returns:
         dict with rgb (B, 3, H, W) in [0, 1], mask (B, 1, H, W) pixel coverage in [0, 1], normal (B, 3, H, W) and
         depth (B, 1, H, W) (distance from the camera; both 0 where no ray hits, averaged over the supersamples, so
@@ -178,8 +193,9 @@ def render_primitives(
     cam_hi = make_cameras(azimuth, elevation, hi)
     origins, dirs = cam_hi.rays()
     origins, dirs = origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3)
-    points, hit = _trace(shape_idx, scale, origins, dirs, iters)
-    normals = _normals(shape_idx, scale, points)
+    stretch = None if stretch is None else stretch.float().expand(b, 3)
+    points, hit = _trace(shape_idx, scale, origins, dirs, iters, stretch)
+    normals = _normals(shape_idx, scale, points, stretch=stretch)
     # A light near the camera, nudged randomly, so shading varies but front faces stay lit.
     light = F.normalize(cam_hi.c2w[:, :3, 3] + light_jitter * DISTANCE * torch.randn(b, 3, generator=generator), dim=-1)
     lambert = (normals * light[:, None]).sum(-1).clamp(min=0)

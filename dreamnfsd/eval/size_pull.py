@@ -4,8 +4,10 @@ A primitive rendered at scale s gives an image I(s). A guidance method applies t
 image; to first order that moves the size by ``-<w(t) g, dI/ds>``: the *size pull*, positive where the guidance
 would grow the object. Where a term's pull crosses zero is the size it prefers. The unconditional denoiser of a prior
 trained on scale-1 images should prefer 1; NFSD's delta_C and delta_D (and SDS, dominated by its large-scale
-delta_C) may not, and a 3D run inherits what they prefer. Common random numbers (the same cameras, lights, t and
-noise at every scale) keep the differences between scales far less noisy than each value.
+delta_C) may not, and a 3D run inherits what they prefer. With ``axes`` short of "xyz" the scale stretches the
+object along those axes only (``axes="z"``: its height), which probes proportions instead of size. Common random
+numbers (the same cameras, lights, t and noise at every scale) keep the differences between scales far less noisy
+than each value.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class SizePullConfig:
     scales: tuple[float, ...] = (0.94, 0.97, 1.0, 1.03, 1.06)
     n: int = 256  # images (camera, light, t, noise) per scale
     ds: float = 0.01  # central difference of I(s)
+    axes: str = "xyz"  # the axes the scale acts on: "xyz" resizes, "z" changes only the height
     t_range: tuple[float, float] = GuidanceConfig.t_range  # fractions of T, drawn as the guidance draws them
     nfsd_t_threshold: int = 200
     phrase_groups: bool = True  # also delta_D with p_neg = one degradation's phrases at a time
@@ -86,6 +89,10 @@ def size_pull(prior: Prior, cfg: SizePullConfig) -> dict[str, list[tuple[float, 
 
     def image(scale: float) -> Tensor:
         light = torch.Generator().manual_seed(cfg.seed + 1)  # the same lights at every scale
+        if cfg.axes == "xyz":
+            size, stretch = torch.tensor(scale), None
+        else:
+            size, stretch = torch.tensor(1.0), torch.tensor([scale if a in cfg.axes else 1.0 for a in "xyz"])
         views = render_primitives(
             [cfg.shape] * cfg.n,
             [cfg.color] * cfg.n,
@@ -93,7 +100,8 @@ def size_pull(prior: Prior, cfg: SizePullConfig) -> dict[str, list[tuple[float, 
             el,
             res,
             supersample=cfg.supersample,
-            scale=torch.tensor(scale),
+            scale=size,
+            stretch=stretch,
             generator=light,
         )
         return prior.to_model_space(views["rgb"].to(prior.device)).cpu()

@@ -94,6 +94,7 @@ class OptionHistory:
     scale_jitter_from_step: int = 0
     ema_history: list[list] = field(default_factory=list)  # [step, decay] pairs
     init_steps: list[int] = field(default_factory=list)  # steps at which training restarted from an export
+    seed_history: list[list] = field(default_factory=list)  # [step, seed] pairs: a restart may take a new seed
 
     @property
     def warmup_from_step(self) -> int:
@@ -165,8 +166,13 @@ def fresh_state(cfg: PriorTrainConfig, pose_group: bool = True) -> TrainState:
         ema=make_ema(model, cfg.ema),
         optimizer=optimizer,
         generator=torch.Generator().manual_seed(cfg.seed),
-        history=OptionHistory(ema_history=[[0, cfg.ema]]),
+        history=OptionHistory(ema_history=[[0, cfg.ema]], seed_history=[[0, cfg.seed]]),
     )
+
+
+def seed_history(record: dict) -> list[list]:
+    """[step, seed] pairs of a checkpoint or export; records from before the key had one seed throughout."""
+    return [list(pair) for pair in record.get("seed_history", [[0, record["seed"]]])]
 
 
 def init_steps(record: dict) -> list[int]:
@@ -198,6 +204,8 @@ def init_from_export(cfg: PriorTrainConfig, state: TrainState) -> None:
     changed_ema = meta["ema_history"][-1][1] != cfg.ema
     history.ema_history = meta["ema_history"] + ([[step, cfg.ema]] if changed_ema else [])
     history.init_steps = [*init_steps(meta), step]
+    seeds = seed_history(meta)
+    history.seed_history = seeds + ([[step, cfg.seed]] if seeds[-1][1] != cfg.seed else [])
     # The export is an EMA already: the average continues at full decay instead of warming up from it again.
     state.ema = make_ema(state.model, cfg.ema, step)
     state.history, state.step = history, step
@@ -240,6 +248,7 @@ def resumed_history(cfg: PriorTrainConfig, ck: dict, adding_pose: bool) -> Optio
         scale_jitter_from_step=ck.get("scale_jitter_from_step", 0),
         ema_history=list(ck.get("ema_history", [[0, old["ema"]]])),
         init_steps=init_steps(ck),
+        seed_history=seed_history({"seed": cfg.seed, **ck}),  # a resume keeps its seed (the checkpoint's name)
     )
     if history.ema_history[-1][1] != cfg.ema:
         history.ema_history.append([step, cfg.ema])
@@ -520,6 +529,7 @@ def export_metadata(cfg: PriorTrainConfig, state: TrainState) -> dict:
         "scale_jitter": cfg.scale_jitter,
         "scale_jitter_from_step": h.scale_jitter_from_step,
         "init_steps": h.init_steps,
+        "seed_history": h.seed_history,
         "loss_note": "final_loss is the running mean of the (Min-SNR weighted) epsilon MSE",
     }
 
@@ -562,7 +572,7 @@ on a white background. Pixel space (no VAE), 32x32 RGB in [-1, 1], epsilon predi
 - Vocabulary: {" ".join(VOCABULARY)}
 - Training: {meta["train_steps"]} steps at batch {meta["batch_size"]}, {meta["n_train_images"]} rendered images,
   AdamW, EMA of the weights (the export; decay from step: {", ".join(f"{d} from {s}" for s, d in meta["ema_history"])}),
-  seed {meta["seed"]}; final loss {meta["final_loss"]}.
+  seed {seed_note(meta)}; final loss {meta["final_loss"]}.
 - Loss: epsilon MSE with Min-SNR-{meta["min_snr_gamma"]} weighting from step {meta["min_snr_from_step"]} (the plain
   MSE before it), and from step {meta["x0_weight_from_step"]} also times clamp(1/snr, 1, {meta["x0_weight_cap"]})
   (x0-space weight at large t); the final loss above is the running mean of the weighted loss.
@@ -578,6 +588,13 @@ at any step, since the checkpoint holds the optimiser and random states):
 
 Load: `dreamnfsd.guidance.priors.builtin.load_components(folder)`; sample with `builtin.sample(...)`.
 """
+
+
+def seed_note(meta: dict) -> str:
+    seeds = seed_history(meta)
+    if len(seeds) == 1:
+        return str(seeds[0][1])
+    return ", ".join(f"{seed} from step {step}" for step, seed in seeds)
 
 
 def init_note(meta: dict) -> str:
@@ -612,6 +629,7 @@ def reproduce_commands(meta: dict) -> str:
         if opts[-1] == f"--scale-jitter {SCALE_JITTER}":
             opts.pop()  # the default: keeps the commands of exports from before the option unchanged
         decay = [d for s, d in meta["ema_history"] if s <= start][-1]
+        seed = [seed for s, seed in seed_history(meta) if s <= start][-1]
         since = [s for s in inits if s <= start]  # the restart this stage's work dir belongs to
         if start == 0:
             how = ""
@@ -621,7 +639,7 @@ def reproduce_commands(meta: dict) -> str:
             how = " --resume" + (f" --work-dir work_data/from_step{since[-1]}" if since else "")
         out = f" --out work_data/prior_step{stop}" if stop in inits else ""
         lines.append(
-            f"    python {SCRIPT} --seed {meta['seed']}{how} --steps {stop} {' '.join(opts)} --ema {decay}{out}"
+            f"    python {SCRIPT} --seed {seed}{how} --steps {stop} {' '.join(opts)} --ema {decay}{out}"
         )
         start = stop
     return "\n".join(lines)
