@@ -638,8 +638,6 @@ def reproduce_commands(meta: dict) -> str:
         else:
             how = " --resume" + (f" --work-dir work_data/from_step{since[-1]}" if since else "")
         out = f" --out work_data/prior_step{stop}" if stop in inits else ""
-        lines.append(
-            f"    python {SCRIPT} --seed {seed}{how} --steps {stop} {' '.join(opts)} --ema {decay}{out}"
-        )
+        lines.append(f"    python {SCRIPT} --seed {seed}{how} --steps {stop} {' '.join(opts)} --ema {decay}{out}")
         start = stop
     return "\n".join(lines)
