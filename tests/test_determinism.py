@@ -34,6 +34,7 @@ import pytest
 import torch
 
 from dreamnfsd.train.checkpoint import list_checkpoints, load_checkpoint
+from dreamnfsd.train.metrics_log import read_metrics
 from tests.conftest import REPO, tiny_run_overrides
 
 pytestmark = pytest.mark.slow
@@ -238,3 +239,19 @@ def test_killed_and_resumed_run_matches_a_straight_run(straight_runs, tiny_pixel
     assert [r["step"] for r in logged] == list(range(1, STEPS + 1))
     assert logged == reference
     print("interruptions (signal, exit code, newest checkpoint step):", events)
+
+
+def test_a_run_killed_before_its_first_checkpoint_logs_each_step_once(tiny_pixel_prior, tmp_path):
+    """Killed after logging steps but before any checkpoint, a resumed run starts again at step 0: its metrics.jsonl
+    must drop the lines the killed attempt logged, not log those steps twice."""
+    run = tmp_path / "early"
+    args = [a if not a.startswith("train.ckpt_every=") else "train.ckpt_every=1000" for a in RUN_ARGS]
+    proc = _start(["prompt=a red cube", *tiny_run_overrides(tiny_pixel_prior, tmp_path), *args, f"output_dir={run}"])
+    logged = lambda: len(read_metrics(run / "metrics.jsonl")) >= 2  # noqa: E731
+    if not _wait_until(logged, proc):
+        pytest.skip("the run finished before it could be killed (a fast machine)")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not list_checkpoints(run) and len(read_metrics(run / "metrics.jsonl")) >= 2
+    _finish(_start([f"resume={run}"]))
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, STEPS + 1))

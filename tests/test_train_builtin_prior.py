@@ -7,11 +7,13 @@ import os
 import signal
 from dataclasses import replace
 
+import pytest
 import torch
 
 from dreamnfsd.guidance.priors import PixelPrior, builtin_training
 from dreamnfsd.guidance.priors.builtin_training import PriorTrainConfig, train
 from dreamnfsd.guidance.priors.pixel import pose_harmonics
+from dreamnfsd.utils.errors import UserError
 
 TOY = PriorTrainConfig(n_data=32, batch=4, threads=1, export_every=0)
 
@@ -108,3 +110,23 @@ def test_ctrl_c_ends_training_with_a_checkpoint_and_an_export(tmp_path, monkeypa
     assert state.step == 1 and signal.getsignal(signal.SIGINT) is before
     assert torch.load(tmp_path / "prior_ckpt_seed0.pt", weights_only=False)["step"] == 1
     assert json.loads((tmp_path / "prior" / "dreamnfsd_prior.json").read_text())["train_steps"] == 1
+
+
+def test_an_option_changed_on_resume_is_recorded_or_refused(tmp_path):
+    """The card holds one change per option (from its assumed earlier value) and no learning rate: a first change on
+    a resume is recorded at its step; a second change, or a new learning rate, is refused naming the flag, before
+    anything is written."""
+    common = replace(TOY, work_dir=tmp_path, out=tmp_path / "prior")
+    ckpt = tmp_path / "prior_ckpt_seed0.pt"
+    with torch.random.fork_rng():
+        train(replace(common, steps=2, cube_weight=1.0))
+        train(replace(common, steps=3, cube_weight=2.0, resume=True))
+        assert torch.load(ckpt, weights_only=False)["cube_weight_from_step"] == 2
+        card = (tmp_path / "prior" / "README.md").read_text()
+        assert "--seed 0 --steps 2 --min-snr-gamma 5.0 --cube-weight 1 " in card
+        assert "--seed 0 --resume --steps 3 --min-snr-gamma 5.0 --cube-weight 2.0 " in card
+        stamp = ckpt.stat().st_mtime_ns
+        for change, flag in (({"cube_weight": 1.0}, "--cube-weight:"), ({"lr": 1e-4}, "--lr:")):
+            with pytest.raises(UserError, match=flag):
+                train(replace(common, steps=4, resume=True, **change))
+        assert ckpt.stat().st_mtime_ns == stamp and torch.load(ckpt, weights_only=False)["step"] == 3

@@ -168,6 +168,9 @@ def train_run(cfg: RunConfig, run_dir: Path, resolved_yaml: str) -> RunStatus:
             print(f"dreamnfsd: resuming {run_dir} at step {trainer.step}", file=sys.stderr)
     # Locked only now: a resume refused above has touched nothing in the run folder.
     with run_lock(run_dir):
+        # The log continues from the step training continues from: a run killed before its first checkpoint
+        # restarts at 0 and must not keep the steps it logged (nor may a refused resume rewind a live run's log).
+        trainer.metrics.rewind(trainer.step)
         return _train_and_export(cfg, run_dir, trainer)
 
 

@@ -195,7 +195,6 @@ class Trainer:
         ema = state.get("ema")  # checkpoints from before train.ema_decay have none
         self.ema = None if ema is None else {k: v.to(self.device).clone() for k, v in ema.items()}
         self._apply_lr()
-        self.metrics.rewind(self.step)
         self._log_mark = (self.step, self.wall_time)
 
     def save(self) -> Path:
@@ -394,6 +393,7 @@ class Trainer:
         lr_scale = self.lr_scale * tc.rollback_lr_factor
         total_skips, rollbacks = self.total_skips, self.rollbacks + 1
         self.load_state_dict(state)
+        self.metrics.rewind(self.step)
         # The learning rate and the counters carry over the rollback; everything else is the checkpoint's.
         self.lr_scale, self.total_skips, self.rollbacks = lr_scale, total_skips, rollbacks
         self.consecutive_skips = 0

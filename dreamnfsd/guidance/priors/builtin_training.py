@@ -102,6 +102,9 @@ class OptionHistory:
         return self.init_steps[-1] if self.init_steps else 0
 
 
+# The value the model card assumes an option had before the step it changed at (one change per option).
+CARD_BEFORE = {"min_snr_gamma": 0, "cube_weight": 1, "x0_weight_cap": 0}
+
 # An option and the history key of the step it changed at, for restarts from an export (``init_from``).
 TRACKED_OPTIONS = {
     "min_snr_gamma": "min_snr_from_step",
@@ -254,7 +257,28 @@ def resumed_history(cfg: PriorTrainConfig, ck: dict, adding_pose: bool) -> Optio
         history.ema_history.append([step, cfg.ema])
     if cfg.scale_jitter != old.get("scale_jitter", SCALE_JITTER):
         history.scale_jitter_from_step = step
+    _record_resume_changes(cfg, old, step, history)
     return history
+
+
+def _record_resume_changes(cfg: PriorTrainConfig, old: dict, step: int, history: OptionHistory) -> None:
+    """Record an option changed on a resume, or raise :class:`UserError` where the card could not reproduce it: it
+    holds one change per option, from :data:`CARD_BEFORE`, and no learning rate."""
+    if old.get("lr") is not None and cfg.lr != old["lr"]:
+        raise UserError(
+            f"--lr: this checkpoint trained at {old['lr']}, and the model card does not record a change of learning "
+            f"rate; resume with --lr {old['lr']}"
+        )
+    for option, before in CARD_BEFORE.items():
+        key, value, flag = TRACKED_OPTIONS[option], getattr(cfg, option), "--" + option.replace("_", "-")
+        if old.get(option) is None or value == old[option]:
+            continue
+        if getattr(history, key) != 0 or old[option] != before:
+            raise UserError(
+                f"{flag}: this checkpoint trained with {old[option]} since step {getattr(history, key)}, and the "
+                f"model card records one change per option, from {before}; resume with {flag} {old[option]}"
+            )
+        setattr(history, key, step)
 
 
 def resume_state(cfg: PriorTrainConfig, ck: dict) -> TrainState:
@@ -612,10 +636,10 @@ def init_note(meta: dict) -> str:
 def reproduce_commands(meta: dict) -> str:
     """The stage-by-stage commands that rebuild an export from its recorded option history."""
     off = {  # option: (the step it took effect, its value before, its value after)
-        "--min-snr-gamma": (meta["min_snr_from_step"], 0, meta["min_snr_gamma"]),
-        "--cube-weight": (meta["cube_weight_from_step"], 1, meta["cube_weight"]),
+        "--min-snr-gamma": (meta["min_snr_from_step"], CARD_BEFORE["min_snr_gamma"], meta["min_snr_gamma"]),
+        "--cube-weight": (meta["cube_weight_from_step"], CARD_BEFORE["cube_weight"], meta["cube_weight"]),
         "--pose-harmonics": (meta["pose_from_step"], 0, meta["pose_harmonics"]),
-        "--x0-weight-cap": (meta["x0_weight_from_step"], 0, meta["x0_weight_cap"]),
+        "--x0-weight-cap": (meta["x0_weight_from_step"], CARD_BEFORE["x0_weight_cap"], meta["x0_weight_cap"]),
         "--scale-jitter": (meta.get("scale_jitter_from_step", 0), SCALE_JITTER, meta.get("scale_jitter", SCALE_JITTER)),
     }
     inits = init_steps(meta)
