@@ -173,6 +173,11 @@ def fresh_state(cfg: PriorTrainConfig, pose_group: bool = True) -> TrainState:
     )
 
 
+def continued(pairs: list[list], step: int, value) -> list[list]:
+    """A [step, value] history carried on at ``step`` with ``value``: a new pair only where the value changes."""
+    return [*pairs, [step, value]] if pairs[-1][1] != value else list(pairs)
+
+
 def seed_history(record: dict) -> list[list]:
     """[step, seed] pairs of a checkpoint or export; records from before the key had one seed throughout."""
     return [list(pair) for pair in record.get("seed_history", [[0, record["seed"]]])]
@@ -204,11 +209,9 @@ def init_from_export(cfg: PriorTrainConfig, state: TrainState) -> None:
     for option, key in TRACKED_OPTIONS.items():
         if getattr(cfg, option) != meta.get(option, SCALE_JITTER if option == "scale_jitter" else None):
             setattr(history, key, step)
-    changed_ema = meta["ema_history"][-1][1] != cfg.ema
-    history.ema_history = meta["ema_history"] + ([[step, cfg.ema]] if changed_ema else [])
+    history.ema_history = continued(meta["ema_history"], step, cfg.ema)
     history.init_steps = [*init_steps(meta), step]
-    seeds = seed_history(meta)
-    history.seed_history = seeds + ([[step, cfg.seed]] if seeds[-1][1] != cfg.seed else [])
+    history.seed_history = continued(seed_history(meta), step, cfg.seed)
     # The export is an EMA already: the average continues at full decay instead of warming up from it again.
     state.ema = make_ema(state.model, cfg.ema, step)
     state.history, state.step = history, step
@@ -249,12 +252,10 @@ def resumed_history(cfg: PriorTrainConfig, ck: dict, adding_pose: bool) -> Optio
         x0_weight_from_step=since("x0_weight_from_step", "x0_weight_cap"),
         pose_from_step=step if adding_pose else ck.get("pose_from_step", 0),
         scale_jitter_from_step=ck.get("scale_jitter_from_step", 0),
-        ema_history=list(ck.get("ema_history", [[0, old["ema"]]])),
+        ema_history=continued(ck.get("ema_history", [[0, old["ema"]]]), step, cfg.ema),
         init_steps=init_steps(ck),
         seed_history=seed_history({"seed": cfg.seed, **ck}),  # a resume keeps its seed (the checkpoint's name)
     )
-    if history.ema_history[-1][1] != cfg.ema:
-        history.ema_history.append([step, cfg.ema])
     if cfg.scale_jitter != old.get("scale_jitter", SCALE_JITTER):
         history.scale_jitter_from_step = step
     _record_resume_changes(cfg, old, step, history)
