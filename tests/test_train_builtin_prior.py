@@ -13,7 +13,6 @@ import torch
 from dreamnfsd.guidance.priors import PixelPrior, builtin_training
 from dreamnfsd.guidance.priors.builtin_training import PriorTrainConfig, train
 from dreamnfsd.guidance.priors.pixel import pose_harmonics
-from dreamnfsd.utils.errors import UserError
 
 TOY = PriorTrainConfig(n_data=32, batch=4, threads=1, export_every=0)
 
@@ -59,9 +58,10 @@ def test_init_from_an_export_continues_its_steps_and_records_the_size_change(tmp
         )
     assert (second / "prior_data_seed0_n32_jitter0.pt").exists()  # the jittered cache is not reused
     ck = torch.load(second / "prior_ckpt_seed0.pt", weights_only=False)
-    assert ck["step"] == 4 and ck["init_steps"] == [2] and ck["scale_jitter_from_step"] == 2
+    assert ck["step"] == 4 and ck["init_steps"] == [2] and ck["option_values"]["scale_jitter"] == [[0, 0.1], [2, 0.0]]
     meta = json.loads((second / "prior" / "dreamnfsd_prior.json").read_text())
-    assert meta["train_steps"] == 4 and meta["scale_jitter"] == 0 and meta["ema_history"] == [[0, 0.999], [2, 0.99]]
+    assert meta["train_steps"] == 4 and meta["scale_jitter"] == 0
+    assert meta["option_values"]["ema"] == [[0, 0.999], [2, 0.99]]
     card = (second / "prior" / "README.md").read_text()
     assert "--seed 0 --steps 2 " in card and "--ema 0.999 --out work_data/prior_step2" in card
     assert (
@@ -83,7 +83,7 @@ def test_a_second_restart_keeps_the_first_in_the_reproduce_chain(tmp_path):
             train(replace(TOY, steps=steps, seed=seed, work_dir=cur, out=cur / "prior", init_from=prev / "prior"))
     meta = json.loads((dirs[2] / "prior" / "dreamnfsd_prior.json").read_text())
     assert meta["train_steps"] == 4 and meta["init_steps"] == [2, 3]
-    assert meta["seed_history"] == [[0, 0], [3, 1]]  # the last restart took a new seed
+    assert meta["option_values"]["seed"] == [[0, 0], [3, 1]]  # the last restart took a new seed
     card = (dirs[2] / "prior" / "README.md").read_text()
     assert "steps 3-3 from the step-2 export; steps 4-4 from the step-3 export" in card
     assert "seed 0 from step 0, 1 from step 3;" in card
@@ -112,21 +112,35 @@ def test_ctrl_c_ends_training_with_a_checkpoint_and_an_export(tmp_path, monkeypa
     assert json.loads((tmp_path / "prior" / "dreamnfsd_prior.json").read_text())["train_steps"] == 1
 
 
-def test_an_option_changed_on_resume_is_recorded_or_refused(tmp_path):
-    """The card holds one change per option (from its assumed earlier value) and no learning rate: a first change on
-    a resume is recorded at its step; a second change, or a new learning rate, is refused naming the flag, before
-    anything is written."""
+def test_every_option_change_on_resume_is_recorded_in_the_card(tmp_path):
+    """Each option keeps a [step, value] history, so any change on a resume (a second change of one option, a new
+    learning rate) is recorded at its step and the card's chain gives each stage its own values."""
     common = replace(TOY, work_dir=tmp_path, out=tmp_path / "prior")
-    ckpt = tmp_path / "prior_ckpt_seed0.pt"
     with torch.random.fork_rng():
         train(replace(common, steps=2, cube_weight=1.0))
         train(replace(common, steps=3, cube_weight=2.0, resume=True))
-        assert torch.load(ckpt, weights_only=False)["cube_weight_from_step"] == 2
-        card = (tmp_path / "prior" / "README.md").read_text()
-        assert "--seed 0 --steps 2 --min-snr-gamma 5.0 --cube-weight 1 " in card
-        assert "--seed 0 --resume --steps 3 --min-snr-gamma 5.0 --cube-weight 2.0 " in card
-        stamp = ckpt.stat().st_mtime_ns
-        for change, flag in (({"cube_weight": 1.0}, "--cube-weight:"), ({"lr": 1e-4}, "--lr:")):
-            with pytest.raises(UserError, match=flag):
-                train(replace(common, steps=4, resume=True, **change))
-        assert ckpt.stat().st_mtime_ns == stamp and torch.load(ckpt, weights_only=False)["step"] == 3
+        train(replace(common, steps=4, cube_weight=1.0, lr=1e-4, resume=True))
+    ck = torch.load(tmp_path / "prior_ckpt_seed0.pt", weights_only=False)
+    assert ck["option_values"]["cube_weight"] == [[0, 1.0], [2, 2.0], [3, 1.0]]
+    assert ck["option_values"]["lr"] == [[0, 3e-4], [3, 1e-4]]
+    assert ck["opt"]["param_groups"][0]["lr"] == pytest.approx(1e-4 * 4 / TOY.warmup)  # the new rate was used
+    meta = json.loads((tmp_path / "prior" / "dreamnfsd_prior.json").read_text())
+    assert meta["lr"] == 1e-4 and meta["option_values"] == ck["option_values"]
+    card = (tmp_path / "prior" / "README.md").read_text()
+    assert "learning rate 0.0003 from step 0, 0.0001 from step 3" in card
+    assert "weight 1.0 from step 0, 2.0 from step 2, 1.0 from step 3" in card
+    assert "--seed 0 --steps 2 --min-snr-gamma 5.0 --cube-weight 1.0 " in card
+    assert "--seed 0 --resume --steps 3 --min-snr-gamma 5.0 --cube-weight 2.0 " in card
+    assert "--seed 0 --resume --steps 4 --min-snr-gamma 5.0 --cube-weight 1.0 " in card
+    assert "--x0-weight-cap 10.0 --lr 0.0001 --ema 0.999" in card and card.count("--lr") == 1
+
+
+def test_a_card_from_before_the_value_history_regenerates_its_commands(tmp_path):
+    """The shipped prior's metadata predates the [step, value] history: read through the one-change-per-option
+    keys, it gives the same reproduce commands as the card shipped with it."""
+    from dreamnfsd.guidance.priors.builtin import DEFAULT_DIR
+
+    meta = json.loads((DEFAULT_DIR / "dreamnfsd_prior.json").read_text())
+    shipped = (DEFAULT_DIR / "README.md").read_text()
+    commands = [line for line in builtin_training.model_card(meta).splitlines() if line.startswith("    python ")]
+    assert len(commands) == 7 and all(line in shipped.splitlines() for line in commands)

@@ -4,9 +4,9 @@
 keep an EMA of the weights (diffusers' ``EMAModel``), checkpoint, and export the EMA model with its model card.
 ``scripts/train_builtin_prior.py`` is its command line.
 
-Options switched on part-way through a run (Min-SNR weighting, the cube weight, the pose embedding, the x0 weight,
-the object size, the EMA decay) are recorded with the step they took effect at (:class:`OptionHistory`), so the model
-card can give the commands that rebuild an export stage by stage.
+Options changed between stages of a run (seed, learning rate, EMA decay, Min-SNR weighting, the x0 weight, the cube
+weight, the object size) are recorded as [step, value] pairs, and the pose embedding with the step it was added at
+(:class:`OptionHistory`), so the model card can give the commands that rebuild an export stage by stage.
 """
 
 from __future__ import annotations
@@ -82,36 +82,29 @@ class PriorTrainConfig:
     log_every: int = 25
 
 
+# Options a stage may change, in the order the model card's commands give them. Records from before the full
+# [step, value] history held one change per option (the step under this key) from the value after it.
+LEGACY_CHANGES = {
+    "min_snr_gamma": ("min_snr_from_step", 0),
+    "cube_weight": ("cube_weight_from_step", 1),
+    "x0_weight_cap": ("x0_weight_from_step", 0),
+    "scale_jitter": ("scale_jitter_from_step", SCALE_JITTER),
+}
+STAGE_OPTIONS = ("seed", "lr", "ema", *LEGACY_CHANGES)
+
+
 @dataclass
 class OptionHistory:
-    """The step at which each option took its current value (0: from the start), as checkpoints and exports store
-    it (same key names)."""
+    """How a run's options changed, as checkpoints and exports store it (same key names)."""
 
-    min_snr_from_step: int = 0
-    cube_weight_from_step: int = 0
-    pose_from_step: int = 0
-    x0_weight_from_step: int = 0
-    scale_jitter_from_step: int = 0
-    ema_history: list[list] = field(default_factory=list)  # [step, decay] pairs
+    option_values: dict[str, list[list]] = field(default_factory=dict)  # option: [step, value] pairs, one per change
+    pose_from_step: int = 0  # the step the pose embedding was added at (0: from the start)
     init_steps: list[int] = field(default_factory=list)  # steps at which training restarted from an export
-    seed_history: list[list] = field(default_factory=list)  # [step, seed] pairs: a restart may take a new seed
 
     @property
     def warmup_from_step(self) -> int:
         """Each restart from an export has a fresh optimiser, so the learning-rate warm-up starts again there."""
         return self.init_steps[-1] if self.init_steps else 0
-
-
-# The value the model card assumes an option had before the step it changed at (one change per option).
-CARD_BEFORE = {"min_snr_gamma": 0, "cube_weight": 1, "x0_weight_cap": 0}
-
-# An option and the history key of the step it changed at, for restarts from an export (``init_from``).
-TRACKED_OPTIONS = {
-    "min_snr_gamma": "min_snr_from_step",
-    "cube_weight": "cube_weight_from_step",
-    "x0_weight_cap": "x0_weight_from_step",
-    "scale_jitter": "scale_jitter_from_step",
-}
 
 
 @dataclass
@@ -169,18 +162,41 @@ def fresh_state(cfg: PriorTrainConfig, pose_group: bool = True) -> TrainState:
         ema=make_ema(model, cfg.ema),
         optimizer=optimizer,
         generator=torch.Generator().manual_seed(cfg.seed),
-        history=OptionHistory(ema_history=[[0, cfg.ema]], seed_history=[[0, cfg.seed]]),
+        history=OptionHistory(option_values={o: [[0, getattr(cfg, o)]] for o in STAGE_OPTIONS}),
     )
 
 
 def continued(pairs: list[list], step: int, value) -> list[list]:
     """A [step, value] history carried on at ``step`` with ``value``: a new pair only where the value changes."""
-    return [*pairs, [step, value]] if pairs[-1][1] != value else list(pairs)
+    return [*pairs, [step, value]] if pairs[-1][1] != value else [list(p) for p in pairs]
 
 
-def seed_history(record: dict) -> list[list]:
-    """[step, seed] pairs of a checkpoint or export; records from before the key had one seed throughout."""
-    return [list(pair) for pair in record.get("seed_history", [[0, record["seed"]]])]
+def recorded_values(record: dict, values: dict) -> dict[str, list[list]]:
+    """The [step, value] history of each of :data:`STAGE_OPTIONS` in a checkpoint or an export's metadata
+    ``record``, whose options had ``values`` at its step (a checkpoint's ``args``). Older records kept an EMA and a
+    seed history, one change per other option (:data:`LEGACY_CHANGES`) and no learning rate (the default then); an
+    option missing from ``values`` had not been added yet, so it kept its earlier value."""
+    if "option_values" in record:
+        return {option: [list(p) for p in pairs] for option, pairs in record["option_values"].items()}
+    history = {
+        "seed": [list(p) for p in record.get("seed_history", [[0, values["seed"]]])],
+        "lr": [[0, values.get("lr", PriorTrainConfig.lr)]],
+        "ema": [list(p) for p in record.get("ema_history", [[0, values["ema"]]])],
+    }
+    for option, (key, earlier) in LEGACY_CHANGES.items():
+        value, since = values.get(option), record.get(key, 0)
+        history[option] = [[0, earlier]] if value is None else [[0, earlier], [since, value]] if since else [[0, value]]
+    return history
+
+
+def continued_values(history: dict[str, list[list]], step: int, cfg: PriorTrainConfig) -> dict[str, list[list]]:
+    """Every option's history carried on at ``step`` with its value in ``cfg``."""
+    return {option: continued(history[option], step, getattr(cfg, option)) for option in STAGE_OPTIONS}
+
+
+def value_at(pairs: list[list], step: int):
+    """The value a [step, value] history held at ``step``."""
+    return [value for since, value in pairs if since <= step][-1]
 
 
 def init_steps(record: dict) -> list[int]:
@@ -205,13 +221,11 @@ def init_from_export(cfg: PriorTrainConfig, state: TrainState) -> None:
         target.unet.load_state_dict(src.unet.state_dict())
         target.text_encoder.load_state_dict(src.text_encoder.state_dict())
     step = meta["train_steps"]
-    history = OptionHistory(**{key: meta.get(key, 0) for key in (*TRACKED_OPTIONS.values(), "pose_from_step")})
-    for option, key in TRACKED_OPTIONS.items():
-        if getattr(cfg, option) != meta.get(option, SCALE_JITTER if option == "scale_jitter" else None):
-            setattr(history, key, step)
-    history.ema_history = continued(meta["ema_history"], step, cfg.ema)
-    history.init_steps = [*init_steps(meta), step]
-    history.seed_history = continued(seed_history(meta), step, cfg.seed)
+    history = OptionHistory(
+        option_values=continued_values(recorded_values(meta, {**meta, "ema": meta["ema_decay"]}), step, cfg),
+        pose_from_step=meta.get("pose_from_step", 0),
+        init_steps=[*init_steps(meta), step],
+    )
     # The export is an EMA already: the average continues at full decay instead of warming up from it again.
     state.ema = make_ema(state.model, cfg.ema, step)
     state.history, state.step = history, step
@@ -239,47 +253,14 @@ def _load_ema(cfg: PriorTrainConfig, state: TrainState, ck: dict, adding_pose: b
 
 
 def resumed_history(cfg: PriorTrainConfig, ck: dict, adding_pose: bool) -> OptionHistory:
-    """The option history of checkpoint ``ck`` continued under ``cfg``. Checkpoints from before an option existed
-    trained without it: it took effect at the resume."""
-    step, old = ck["step"], ck["args"]
-
-    def since(key: str, option: str) -> int:
-        return ck.get(key, step if old.get(option) is None else 0)
-
-    history = OptionHistory(
-        min_snr_from_step=since("min_snr_from_step", "min_snr_gamma"),
-        cube_weight_from_step=since("cube_weight_from_step", "cube_weight"),
-        x0_weight_from_step=since("x0_weight_from_step", "x0_weight_cap"),
+    """The option history of checkpoint ``ck`` continued under ``cfg``: an option changed on the resume takes its new
+    value at the checkpoint's step."""
+    step = ck["step"]
+    return OptionHistory(
+        option_values=continued_values(recorded_values(ck, ck["args"]), step, cfg),
         pose_from_step=step if adding_pose else ck.get("pose_from_step", 0),
-        scale_jitter_from_step=ck.get("scale_jitter_from_step", 0),
-        ema_history=continued(ck.get("ema_history", [[0, old["ema"]]]), step, cfg.ema),
         init_steps=init_steps(ck),
-        seed_history=seed_history({"seed": cfg.seed, **ck}),  # a resume keeps its seed (the checkpoint's name)
     )
-    if cfg.scale_jitter != old.get("scale_jitter", SCALE_JITTER):
-        history.scale_jitter_from_step = step
-    _record_resume_changes(cfg, old, step, history)
-    return history
-
-
-def _record_resume_changes(cfg: PriorTrainConfig, old: dict, step: int, history: OptionHistory) -> None:
-    """Record an option changed on a resume, or raise :class:`UserError` where the card could not reproduce it: it
-    holds one change per option, from :data:`CARD_BEFORE`, and no learning rate."""
-    if old.get("lr") is not None and cfg.lr != old["lr"]:
-        raise UserError(
-            f"--lr: this checkpoint trained at {old['lr']}, and the model card does not record a change of learning "
-            f"rate; resume with --lr {old['lr']}"
-        )
-    for option, before in CARD_BEFORE.items():
-        key, value, flag = TRACKED_OPTIONS[option], getattr(cfg, option), "--" + option.replace("_", "-")
-        if old.get(option) is None or value == old[option]:
-            continue
-        if getattr(history, key) != 0 or old[option] != before:
-            raise UserError(
-                f"{flag}: this checkpoint trained with {old[option]} since step {getattr(history, key)}, and the "
-                f"model card records one change per option, from {before}; resume with {flag} {old[option]}"
-            )
-        setattr(history, key, step)
 
 
 def resume_state(cfg: PriorTrainConfig, ck: dict) -> TrainState:
@@ -539,22 +520,18 @@ def export_metadata(cfg: PriorTrainConfig, state: TrainState) -> dict:
         "train_steps": state.step,
         "final_loss": round(state.loss_avg, 5),
         "seed": cfg.seed,
+        "lr": cfg.lr,
         "ema_decay": cfg.ema,
-        "ema_history": h.ema_history,
         "batch_size": cfg.batch,
         "n_train_images": cfg.n_data,
         "min_snr_gamma": cfg.min_snr_gamma,
-        "min_snr_from_step": h.min_snr_from_step,
         "cube_weight": cfg.cube_weight,
-        "cube_weight_from_step": h.cube_weight_from_step,
         "pose_harmonics": cfg.pose_harmonics,
         "pose_from_step": h.pose_from_step,
         "x0_weight_cap": cfg.x0_weight_cap,
-        "x0_weight_from_step": h.x0_weight_from_step,
         "scale_jitter": cfg.scale_jitter,
-        "scale_jitter_from_step": h.scale_jitter_from_step,
+        "option_values": h.option_values,
         "init_steps": h.init_steps,
-        "seed_history": h.seed_history,
         "loss_note": "final_loss is the running mean of the (Min-SNR weighted) epsilon MSE",
     }
 
@@ -576,8 +553,14 @@ def export(cfg: PriorTrainConfig, state: TrainState) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def export_values(meta: dict) -> dict[str, list[list]]:
+    """The option histories of an export's metadata."""
+    return recorded_values(meta, {**meta, "ema": meta["ema_decay"]})
+
+
 def model_card(meta: dict) -> str:
     """The exported folder's README.md, from its metadata."""
+    values = export_values(meta)
     return f"""# dreamnfsd built-in prior
 
 A small camera-aware text-to-image diffusion model, trained from scratch on procedural renders of single primitives
@@ -596,30 +579,29 @@ on a white background. Pixel space (no VAE), 32x32 RGB in [-1, 1], epsilon predi
   degraded and captioned with words of the NFSD negative prompt.
 - Vocabulary: {" ".join(VOCABULARY)}
 - Training: {meta["train_steps"]} steps at batch {meta["batch_size"]}, {meta["n_train_images"]} rendered images,
-  AdamW, EMA of the weights (the export; decay from step: {", ".join(f"{d} from {s}" for s, d in meta["ema_history"])}),
-  seed {seed_note(meta)}; final loss {meta["final_loss"]}.
-- Loss: epsilon MSE with Min-SNR-{meta["min_snr_gamma"]} weighting from step {meta["min_snr_from_step"]} (the plain
-  MSE before it), and from step {meta["x0_weight_from_step"]} also times clamp(1/snr, 1, {meta["x0_weight_cap"]})
-  (x0-space weight at large t); the final loss above is the running mean of the weighted loss.
-- Cube images drawn with weight {meta["cube_weight"]} from step {meta["cube_weight_from_step"]} (uniform before): the
-  cube carries the azimuth signal.
-- Object size: 1 ± {meta["scale_jitter"]} of the canonical primitive from step {meta["scale_jitter_from_step"]}
-  (1 ± {SCALE_JITTER} before).{init_note(meta)}
+  AdamW at learning rate {changes(values["lr"])} (linear warm-up over the first steps of each start), EMA of the
+  weights (the export) with decay {changes(values["ema"])}, seed {changes(values["seed"])}; final loss
+  {meta["final_loss"]}.
+- Loss: epsilon MSE times min(snr, gamma) / snr (Min-SNR-gamma) with gamma {changes(values["min_snr_gamma"])}, and
+  times clamp(1/snr, 1, cap) (x0-space weight at large t) with cap {changes(values["x0_weight_cap"])}; 0 turns
+  either off. The final loss above is the running mean of the weighted loss.
+- Cube images drawn with weight {changes(values["cube_weight"])} (1: uniform): the cube carries the azimuth signal.
+- Object size: the canonical primitive's times 1 ± jitter, jitter {changes(values["scale_jitter"])}.{init_note(meta)}
 
-Reproduce (each option above switched on at its step, so one command per stage; a stage may be stopped and resumed
-at any step, since the checkpoint holds the optimiser and random states):
+Reproduce (each option above took its value at its step, so one command per stage; a stage may be stopped and
+resumed at any step, since the checkpoint holds the optimiser and random states):
 
-{reproduce_commands(meta)}
+{reproduce_commands(meta, values)}
 
 Load: `dreamnfsd.guidance.priors.builtin.load_components(folder)`; sample with `builtin.sample(...)`.
 """
 
 
-def seed_note(meta: dict) -> str:
-    seeds = seed_history(meta)
-    if len(seeds) == 1:
-        return str(seeds[0][1])
-    return ", ".join(f"{seed} from step {step}" for step, seed in seeds)
+def changes(pairs: list[list]) -> str:
+    """A [step, value] history in words: "0.999 from step 0, 0.995 from step 2782", or the one value."""
+    if len(pairs) == 1:
+        return str(pairs[0][1])
+    return ", ".join(f"{value} from step {step}" for step, value in pairs)
 
 
 def init_note(meta: dict) -> str:
@@ -634,27 +616,25 @@ def init_note(meta: dict) -> str:
     )
 
 
-def reproduce_commands(meta: dict) -> str:
-    """The stage-by-stage commands that rebuild an export from its recorded option history."""
-    off = {  # option: (the step it took effect, its value before, its value after)
-        "--min-snr-gamma": (meta["min_snr_from_step"], CARD_BEFORE["min_snr_gamma"], meta["min_snr_gamma"]),
-        "--cube-weight": (meta["cube_weight_from_step"], CARD_BEFORE["cube_weight"], meta["cube_weight"]),
-        "--pose-harmonics": (meta["pose_from_step"], 0, meta["pose_harmonics"]),
-        "--x0-weight-cap": (meta["x0_weight_from_step"], CARD_BEFORE["x0_weight_cap"], meta["x0_weight_cap"]),
-        "--scale-jitter": (meta.get("scale_jitter_from_step", 0), SCALE_JITTER, meta.get("scale_jitter", SCALE_JITTER)),
+def reproduce_commands(meta: dict, values: dict[str, list[list]]) -> str:
+    """The stage-by-stage commands that rebuild an export from its recorded option ``values``."""
+    options = {  # flag: [step, value] history, in the commands' order
+        "--min-snr-gamma": values["min_snr_gamma"],
+        "--cube-weight": values["cube_weight"],
+        "--pose-harmonics": [[0, 0], [meta["pose_from_step"], meta["pose_harmonics"]]],
+        "--x0-weight-cap": values["x0_weight_cap"],
+        "--scale-jitter": values["scale_jitter"],
+        "--lr": values["lr"],
+        "--ema": values["ema"],
     }
+    defaults = {"--scale-jitter": SCALE_JITTER, "--lr": PriorTrainConfig.lr}  # left out, as in older cards
     inits = init_steps(meta)
-    ema = {s: d for s, d in meta["ema_history"]}
-    stops = sorted(
-        {s for s, _, _ in off.values() if s > 0} | {s for s in ema if s > 0} | set(inits) | {meta["train_steps"]}
-    )
+    changed = {s for pairs in (*options.values(), values["seed"]) for s, _ in pairs}
+    stops = sorted({s for s in changed | set(inits) if s > 0} | {meta["train_steps"]})
     lines, start = [], 0
     for stop in stops:
-        opts = [f"{k} {after if start >= s else before}" for k, (s, before, after) in off.items()]
-        if opts[-1] == f"--scale-jitter {SCALE_JITTER}":
-            opts.pop()  # the default: keeps the commands of exports from before the option unchanged
-        decay = [d for s, d in meta["ema_history"] if s <= start][-1]
-        seed = [seed for s, seed in seed_history(meta) if s <= start][-1]
+        opts = [f"{flag} {value_at(pairs, start)}" for flag, pairs in options.items()]
+        opts = [o for o in opts if o not in {f"{flag} {value}" for flag, value in defaults.items()}]
         since = [s for s in inits if s <= start]  # the restart this stage's work dir belongs to
         if start == 0:
             how = ""
@@ -663,6 +643,7 @@ def reproduce_commands(meta: dict) -> str:
         else:
             how = " --resume" + (f" --work-dir work_data/from_step{since[-1]}" if since else "")
         out = f" --out work_data/prior_step{stop}" if stop in inits else ""
-        lines.append(f"    python {SCRIPT} --seed {seed}{how} --steps {stop} {' '.join(opts)} --ema {decay}{out}")
+        seed = value_at(values["seed"], start)
+        lines.append(f"    python {SCRIPT} --seed {seed}{how} --steps {stop} {' '.join(opts)}{out}")
         start = stop
     return "\n".join(lines)
