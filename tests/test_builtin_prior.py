@@ -45,18 +45,28 @@ def test_camera_diagnostic_true_camera_denoises_better(prior):
     assert yawed > CAMERA_MSE_RATIO * true
 
 
+# Each of the 25 prompts sampled once per seed. One seed's 25 samples left a prior's accuracy uncertain by about 5
+# points, the margin the check decides on; four seeds give 100 (docs/benchmarks/quality_prior5800/README.md).
+SAMPLE_SEEDS = (0, 1, 2, 3)
+
+
 @pytest.mark.slow
 def test_samples_are_classified_as_their_prompt(prior):
     prompts = [(s, c) for s in SHAPES for c in COLORS]
     n = len(prompts)
-    g = torch.Generator().manual_seed(0)
-    az = 2 * math.pi * torch.rand(n, generator=g)
-    el = torch.full((n,), math.radians(20.0))
-    images = sample(prior, [f"a {c} {s}" for s, c in prompts], make_cameras(az, el, 32), generator=g)
-    shape_idx, color_idx, _ = classify(images, load_classifier())
     truth_s = torch.tensor([SHAPES.index(s) for s, _ in prompts])
     truth_c = torch.tensor([COLORS.index(c) for _, c in prompts])
-    shape_ok, color_ok = shape_idx == truth_s, color_idx == truth_c
-    both = (shape_ok & color_ok).float().mean().item()
-    print(f"samples: shape {shape_ok.float().mean():.2f} colour {color_ok.float().mean():.2f} both {both:.2f}")
+    shape_ok, color_ok = [], []
+    for seed in SAMPLE_SEEDS:
+        g = torch.Generator().manual_seed(seed)
+        az = 2 * math.pi * torch.rand(n, generator=g)
+        el = torch.full((n,), math.radians(20.0))
+        images = sample(prior, [f"a {c} {s}" for s, c in prompts], make_cameras(az, el, 32), generator=g)
+        shape_idx, color_idx, _ = classify(images, load_classifier())
+        shape_ok.append(shape_idx == truth_s)
+        color_ok.append(color_idx == truth_c)
+        print(f"seed {seed}: both {(shape_ok[-1] & color_ok[-1]).float().mean():.2f}")
+    shapes, colors = torch.cat(shape_ok), torch.cat(color_ok)
+    both = (shapes & colors).float().mean().item()
+    print(f"samples: shape {shapes.float().mean():.2f} colour {colors.float().mean():.2f} both {both:.2f}")
     assert both >= 0.9

@@ -135,12 +135,46 @@ def test_every_option_change_on_resume_is_recorded_in_the_card(tmp_path):
     assert "--x0-weight-cap 10.0 --lr 0.0001 --ema 0.999" in card and card.count("--lr") == 1
 
 
-def test_a_card_from_before_the_value_history_regenerates_its_commands(tmp_path):
-    """The shipped prior's metadata predates the [step, value] history: read through the one-change-per-option
-    keys, it gives the same reproduce commands as the card shipped with it."""
-    from dreamnfsd.guidance.priors.builtin import DEFAULT_DIR
+# The 4,757-step prior's metadata (shipped until 2026-12-05), written before the [step, value] history: one change
+# per option, from the value the card assumed before it.
+LEGACY_META = {
+    "train_steps": 4757,
+    "final_loss": 0.0105,
+    "seed": 0,
+    "ema_decay": 0.995,
+    "ema_history": [[0, 0.999], [2782, 0.995]],
+    "batch_size": 64,
+    "n_train_images": 50000,
+    "min_snr_gamma": 5.0,
+    "min_snr_from_step": 1033,
+    "cube_weight": 2.0,
+    "cube_weight_from_step": 1297,
+    "pose_harmonics": 4,
+    "pose_from_step": 1394,
+    "x0_weight_cap": 10.0,
+    "x0_weight_from_step": 2522,
+    "scale_jitter": 0.0,
+    "scale_jitter_from_step": 3866,
+    "init_from_step": 3866,
+}
 
-    meta = json.loads((DEFAULT_DIR / "dreamnfsd_prior.json").read_text())
-    shipped = (DEFAULT_DIR / "README.md").read_text()
-    commands = [line for line in builtin_training.model_card(meta).splitlines() if line.startswith("    python ")]
-    assert len(commands) == 7 and all(line in shipped.splitlines() for line in commands)
+
+def test_a_card_from_before_the_value_history_gives_the_commands_it_shipped_with():
+    """Older metadata is read through its one-change-per-option keys: the chain is the one its card gave."""
+    card = builtin_training.model_card(LEGACY_META)
+    commands = [line.split(" --seed ", 1)[1] for line in card.splitlines() if line.startswith("    python ")]
+    assert commands == [
+        "0 --steps 1033 --min-snr-gamma 0 --cube-weight 1 --pose-harmonics 0 --x0-weight-cap 0 --ema 0.999",
+        "0 --resume --steps 1297 --min-snr-gamma 5.0 --cube-weight 1 --pose-harmonics 0 --x0-weight-cap 0 --ema 0.999",
+        "0 --resume --steps 1394 --min-snr-gamma 5.0 --cube-weight 2.0 --pose-harmonics 0 --x0-weight-cap 0 "
+        "--ema 0.999",
+        "0 --resume --steps 2522 --min-snr-gamma 5.0 --cube-weight 2.0 --pose-harmonics 4 --x0-weight-cap 0 "
+        "--ema 0.999",
+        "0 --resume --steps 2782 --min-snr-gamma 5.0 --cube-weight 2.0 --pose-harmonics 4 --x0-weight-cap 10.0 "
+        "--ema 0.999",
+        "0 --resume --steps 3866 --min-snr-gamma 5.0 --cube-weight 2.0 --pose-harmonics 4 --x0-weight-cap 10.0 "
+        "--ema 0.995 --out work_data/prior_step3866",
+        "0 --init-from work_data/prior_step3866 --work-dir work_data/from_step3866 --steps 4757 --min-snr-gamma 5.0 "
+        "--cube-weight 2.0 --pose-harmonics 4 --x0-weight-cap 10.0 --scale-jitter 0.0 --ema 0.995",
+    ]
+    assert "cap 0 from step 0, 10.0 from step 2522" in card and "jitter 0.1 from step 0, 0.0 from step 3866" in card
