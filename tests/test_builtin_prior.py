@@ -56,13 +56,14 @@ def test_samples_are_classified_as_their_prompt(prior):
     n = len(prompts)
     truth_s = torch.tensor([SHAPES.index(s) for s, _ in prompts])
     truth_c = torch.tensor([COLORS.index(c) for _, c in prompts])
+    classifier = load_classifier()
     shape_ok, color_ok = [], []
     for seed in SAMPLE_SEEDS:
         g = torch.Generator().manual_seed(seed)
         az = 2 * math.pi * torch.rand(n, generator=g)
         el = torch.full((n,), math.radians(20.0))
         images = sample(prior, [f"a {c} {s}" for s, c in prompts], make_cameras(az, el, 32), generator=g)
-        shape_idx, color_idx, _ = classify(images, load_classifier())
+        shape_idx, color_idx, _ = classify(images, classifier)
         shape_ok.append(shape_idx == truth_s)
         color_ok.append(color_idx == truth_c)
         print(f"seed {seed}: both {(shape_ok[-1] & color_ok[-1]).float().mean():.2f}")

@@ -189,6 +189,11 @@ def recorded_values(record: dict, values: dict) -> dict[str, list[list]]:
     return history
 
 
+def export_values(meta: dict) -> dict[str, list[list]]:
+    """The option histories of an export's metadata (which names the EMA decay ``ema_decay``)."""
+    return recorded_values(meta, {**meta, "ema": meta["ema_decay"]})
+
+
 def continued_values(history: dict[str, list[list]], step: int, cfg: PriorTrainConfig) -> dict[str, list[list]]:
     """Every option's history carried on at ``step`` with its value in ``cfg``."""
     return {option: continued(history[option], step, getattr(cfg, option)) for option in STAGE_OPTIONS}
@@ -222,7 +227,7 @@ def init_from_export(cfg: PriorTrainConfig, state: TrainState) -> None:
         target.text_encoder.load_state_dict(src.text_encoder.state_dict())
     step = meta["train_steps"]
     history = OptionHistory(
-        option_values=continued_values(recorded_values(meta, {**meta, "ema": meta["ema_decay"]}), step, cfg),
+        option_values=continued_values(export_values(meta), step, cfg),
         pose_from_step=meta.get("pose_from_step", 0),
         init_steps=[*init_steps(meta), step],
     )
@@ -553,11 +558,6 @@ def export(cfg: PriorTrainConfig, state: TrainState) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export_values(meta: dict) -> dict[str, list[list]]:
-    """The option histories of an export's metadata."""
-    return recorded_values(meta, {**meta, "ema": meta["ema_decay"]})
-
-
 def model_card(meta: dict) -> str:
     """The exported folder's README.md, from its metadata."""
     values = export_values(meta)
@@ -627,14 +627,15 @@ def reproduce_commands(meta: dict, values: dict[str, list[list]]) -> str:
         "--lr": values["lr"],
         "--ema": values["ema"],
     }
-    defaults = {"--scale-jitter": SCALE_JITTER, "--lr": PriorTrainConfig.lr}  # left out, as in older cards
+    defaults = {"--scale-jitter": SCALE_JITTER, "--lr": PriorTrainConfig.lr}
+    left_out = {f"{flag} {value}" for flag, value in defaults.items()}  # as in older cards
     inits = init_steps(meta)
     changed = {s for pairs in (*options.values(), values["seed"]) for s, _ in pairs}
     stops = sorted({s for s in changed | set(inits) if s > 0} | {meta["train_steps"]})
     lines, start = [], 0
     for stop in stops:
         opts = [f"{flag} {value_at(pairs, start)}" for flag, pairs in options.items()]
-        opts = [o for o in opts if o not in {f"{flag} {value}" for flag, value in defaults.items()}]
+        opts = [o for o in opts if o not in left_out]
         since = [s for s in inits if s <= start]  # the restart this stage's work dir belongs to
         if start == 0:
             how = ""
