@@ -230,6 +230,18 @@ def test_learning_rates_fall_over_the_sdf_stage_only():
     assert lr_decay(cfg, 999) == 1.0
 
 
+def test_pixel_jitter_starts_with_the_sdf_stage():
+    from dreamnfsd.train.trainer import pixel_jitter_at
+
+    over = ["prompt=a red torus", "prior=builtin", "train.steps=1000", "train.coarse_share=0.2"]
+    over.append("camera.pixel_jitter=1")
+    cfg = to_run_config(compose(over))
+    assert pixel_jitter_at(cfg, 0) == pixel_jitter_at(cfg, 199) == 0.0  # the density field sees pixel centres
+    assert pixel_jitter_at(cfg, 200) == pixel_jitter_at(cfg, 999) == 1.0
+    density = to_run_config(compose([*over, "field=density"]))
+    assert pixel_jitter_at(density, 0) == 1.0  # a density run has no coarse stage: jittered from its first step
+
+
 def test_trainer_switches_to_the_sdf_and_resumes_across_the_switch_bit_identically(make_trainer):
     straight = make_trainer("straight")
     _train_to(straight, COARSE - 1)

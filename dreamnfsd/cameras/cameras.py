@@ -116,7 +116,8 @@ class CameraSamplerConfig:
     distance_range: tuple[float, float] = (3.0, 3.0)
     fov_range: tuple[float, float] = (40.0, 40.0)
     # Training rays fall anywhere in their pixel (1) instead of at its centre (0), so over the steps a view samples
-    # each pixel's area, as the area-averaged (anti-aliased) images a prior was trained on do.
+    # each pixel's area, as the area-averaged (anti-aliased) images a prior was trained on do. An SDF run's coarse
+    # density stage renders pixel centres regardless (dreamnfsd.train.trainer.pixel_jitter_at).
     pixel_jitter: float = 0.0
     # Standard deviations of small perturbations: camera centre (scene units), look-at target, up vector.
     center_perturb: float = 0.0

@@ -226,7 +226,7 @@ class Trainer:
                 if tc.background_jitter == 0
                 else jittered_backgrounds(self.scene.background.color, len(cams), tc.background_jitter, self.generator)
             )
-            origins, dirs = cams.rays(self.cfg.camera.pixel_jitter, self.generator)
+            origins, dirs = cams.rays(pixel_jitter_at(self.cfg, self.step), self.generator)
             out = self.scene.renderer.render(
                 origins,
                 dirs,
@@ -430,6 +430,12 @@ def ema_decay(cfg: RunConfig) -> float:
     decay = cfg.train.ema_decay
     stage = cfg.train.steps - coarse_steps(cfg)
     return max(0.0, min(decay, 1.0 - 1.0 / (EMA_MAX_STAGE_SHARE * stage))) if decay > 0 and stage > 0 else decay
+
+
+def pixel_jitter_at(cfg, step: int) -> float:
+    """The training rays' ``camera.pixel_jitter`` at ``step``: none in an SDF run's coarse density stage, where
+    jittered rays let the fog close tori's holes before the SDF is carved from it (docs/benchmarks/quality_pjit)."""
+    return 0.0 if in_coarse_stage(cfg, step) else cfg.camera.pixel_jitter
 
 
 def curvature_weight(tc, progress: float) -> float:
