@@ -233,8 +233,13 @@ def test_learning_rates_fall_over_the_sdf_stage_only():
 def test_pixel_jitter_starts_with_the_sdf_stage():
     from dreamnfsd.train.trainer import pixel_jitter_at
 
-    over = ["prompt=a red torus", "prior=builtin", "train.steps=1000", "train.coarse_share=0.2"]
-    over.append("camera.pixel_jitter=1")
+    over = [
+        "prompt=a red torus",
+        "prior=builtin",
+        "train.steps=1000",
+        "train.coarse_share=0.2",
+        "camera.pixel_jitter=1",
+    ]
     cfg = to_run_config(compose(over))
     assert pixel_jitter_at(cfg, 0) == pixel_jitter_at(cfg, 199) == 0.0  # the density field sees pixel centres
     assert pixel_jitter_at(cfg, 200) == pixel_jitter_at(cfg, 999) == 1.0

@@ -432,7 +432,7 @@ def ema_decay(cfg: RunConfig) -> float:
     return max(0.0, min(decay, 1.0 - 1.0 / (EMA_MAX_STAGE_SHARE * stage))) if decay > 0 and stage > 0 else decay
 
 
-def pixel_jitter_at(cfg, step: int) -> float:
+def pixel_jitter_at(cfg: RunConfig, step: int) -> float:
     """The training rays' ``camera.pixel_jitter`` at ``step``: none in an SDF run's coarse density stage, where
     jittered rays let the fog close tori's holes before the SDF is carved from it (docs/benchmarks/quality_pjit)."""
     return 0.0 if in_coarse_stage(cfg, step) else cfg.camera.pixel_jitter
