@@ -46,6 +46,12 @@ class TrainConfig:
     lambda_curvature: float = 0.0
     # When set, the curvature weight moves geometrically from lambda_curvature to this over training.
     lambda_curvature_final: float | None = None
+    # SDF fields only: the normals' total variation at normal_tv_radius (world units), mean |n(x) - n(x + r u)| over
+    # normal_tv_points points where the step's rays meet the surface. It flattens wavy faces without rounding edges,
+    # which the curvature term cannot do (it charges an edge for its sharpness).
+    lambda_normal_tv: float = 0.0
+    normal_tv_radius: float = 0.05
+    normal_tv_points: int = 1024
     # SDF fields only (a density field ignores it): the first coarse_share of the steps train a density field, then
     # the SDF starts from its surface (fitted on a coarse_resolution^3 lattice in coarse_fit_iters Adam steps)
     # instead of a sphere, which cannot open a hole.

@@ -29,7 +29,7 @@ from dreamnfsd.train.coarse import (
 )
 from dreamnfsd.train.config import RunConfig
 from dreamnfsd.train.metrics_log import MetricsLog
-from dreamnfsd.train.regularizers import opacity_entropy, opacity_sparsity
+from dreamnfsd.train.regularizers import normal_variation, opacity_entropy, opacity_sparsity, surface_points
 from dreamnfsd.train.scene import Scene, build_scene
 from dreamnfsd.train.shading import choose_shading, jittered_backgrounds, light_positions
 from dreamnfsd.utils.errors import UserError
@@ -246,6 +246,11 @@ class Trainer:
                 terms["entropy"], weights["entropy"] = opacity_entropy(out["opacity"]), tc.lambda_entropy
             if tc.lambda_sparsity > 0:
                 terms["sparsity"], weights["sparsity"] = opacity_sparsity(out["opacity"]), tc.lambda_sparsity
+            if tc.lambda_normal_tv > 0 and self.scene.field.cfg.kind == "sdf":
+                pts = surface_points(origins, dirs, out["depth"], out["opacity"], tc.normal_tv_points, self.generator)
+                normals_fn = self.scene.field.normals
+                terms["normal_tv"] = normal_variation(normals_fn, pts, tc.normal_tv_radius, self.generator)
+                weights["normal_tv"] = tc.lambda_normal_tv
             for name, weight in (
                 ("distortion", tc.lambda_distortion),
                 ("orientation", tc.lambda_orientation),
