@@ -313,6 +313,15 @@ def test_a_coarse_stage_run_exports_a_positive_volume_mesh(make_trainer, tmp_pat
     assert mesh.volume > 0 and np.isfinite(mesh.vertices).all()
 
 
+def test_the_normals_total_variation_joins_the_loss_in_the_sdf_stage_only(make_trainer):
+    trainer = make_trainer("normal_tv")
+    trainer.cfg.train.lambda_normal_tv = 1.0
+    trainer.cfg.train.normal_tv_points = 64
+    terms = [trainer.train_step().terms for _ in range(COARSE + 2)]
+    assert all("normal_tv" not in t for t in terms[:COARSE])  # the density field's normals are not a surface's
+    assert all(float(t["normal_tv"]) > 0 for t in terms[COARSE:])  # its surface points were found and measured
+
+
 @pytest.mark.cuda
 def test_a_coarse_stage_run_switches_and_exports_on_cuda(tiny_pixel_prior, tmp_path):
     """The hand-over (carve, fit, switch) with the fields on the GPU: its lattice once stayed on the CPU."""

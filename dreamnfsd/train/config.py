@@ -47,8 +47,8 @@ class TrainConfig:
     # When set, the curvature weight moves geometrically from lambda_curvature to this over training.
     lambda_curvature_final: float | None = None
     # SDF fields only: the normals' total variation at normal_tv_radius (world units), mean |n(x) - n(x + r u)| over
-    # normal_tv_points points where the step's rays meet the surface. It flattens wavy faces without rounding edges,
-    # which the curvature term cannot do (it charges an edge for its sharpness).
+    # normal_tv_points points where the step's rays meet the surface. It charges a wavy face all along and an edge
+    # for its length and angle, not its sharpness, as the curvature term does (docs/benchmarks/quality_normal_tv).
     lambda_normal_tv: float = 0.0
     normal_tv_radius: float = 0.05
     normal_tv_points: int = 1024
