@@ -56,8 +56,8 @@ def test_gradients_reach_the_normals_and_no_points_give_zero():
 def test_surface_points_are_where_opaque_rays_stop():
     o = torch.zeros(2, 2, 2, 3)
     d = F.normalize(torch.ones(2, 2, 2, 3), dim=-1)
-    depth = torch.arange(8.0).view(2, 2, 2, 1)
     opacity = torch.tensor([1.0, 0.2, 0.9, 0.0, 0.7, 0.6, 0.1, 1.0]).view(2, 2, 2, 1)
+    depth = torch.arange(8.0).view(2, 2, 2, 1) * opacity  # the renderer's: the weights' sum of distances
     pts = surface_points(o, d, depth, opacity, 100, torch.Generator().manual_seed(0))
     assert torch.allclose(pts.norm(dim=-1), torch.tensor([0.0, 2.0, 4.0, 5.0, 7.0]))
     assert surface_points(o, d, depth, opacity, 3, torch.Generator().manual_seed(0)).shape == (3, 3)

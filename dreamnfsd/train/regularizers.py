@@ -21,11 +21,13 @@ def opacity_sparsity(opacity: Tensor) -> Tensor:
 def surface_points(
     origins: Tensor, dirs: Tensor, depth: Tensor, opacity: Tensor, n: int, generator: torch.Generator
 ) -> Tensor:
-    """Up to ``n`` points (M, 3), M <= n, where rendered rays meet the surface: ``o + depth * d`` for rays (any
-    shape, last dim 3; depth and opacity: same shape with last dim 1) that are more than half opaque, drawn without
-    replacement. Detached: they only say where to look."""
+    """Up to ``n`` points (M, 3), M <= n, where rendered rays meet the surface: ``o + (depth / opacity) * d`` for
+    rays (any shape, last dim 3; depth and opacity: same shape with last dim 1) that are more than half opaque, drawn
+    without replacement. ``depth`` is the renderer's, the weights' sum of distances, so it is divided by the weights'
+    sum to be a distance. Detached: they only say where to look."""
     hit = opacity.reshape(-1) > 0.5
-    pts = (origins.reshape(-1, 3) + depth.reshape(-1, 1) * dirs.reshape(-1, 3))[hit].detach()
+    distance = depth.reshape(-1, 1) / opacity.reshape(-1, 1).clamp(min=0.5)
+    pts = (origins.reshape(-1, 3) + distance * dirs.reshape(-1, 3))[hit].detach()
     if pts.shape[0] > n:
         pts = pts[torch.randperm(pts.shape[0], generator=generator, device="cpu")[:n].to(pts.device)]
     return pts
