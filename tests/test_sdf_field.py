@@ -38,6 +38,18 @@ def test_field_starts_as_an_exact_sphere_with_unit_gradient_and_its_laplacian():
     assert torch.allclose(field.normals(x), x / r[:, None], atol=0.03)
 
 
+def test_curvature_term_is_the_laplacians_square_or_with_curvature_l1_its_magnitude():
+    x = torch.tensor([[0.7, 0.0, 0.0], [0.0, -0.9, 0.3], [0.2, 0.2, 0.8]])
+    dirs, deltas = -x / x.norm(dim=-1, keepdim=True), torch.full((3,), 0.01)
+    squared = small_sdf(0.5).render_samples(x, dirs, deltas)["curvature"]
+    field = small_sdf(0.5)
+    field.cfg.sdf.curvature_l1 = True
+    l1 = field.render_samples(x, dirs, deltas)["curvature"]
+    lap = field.differentials(x)["laplacian"]
+    assert torch.allclose(squared, lap.square()) and torch.allclose(l1, lap.abs())
+    assert torch.allclose(l1, 2.0 / x.norm(dim=-1), rtol=0.1)  # |laplacian| of the sphere's |x| - r
+
+
 def test_sharpness_schedule_and_state():
     assert sharpness_at(0.0, 20, 400, 0.8) == 20 and sharpness_at(0.8, 20, 400, 0.8) == pytest.approx(400)
     assert sharpness_at(0.4, 20, 400, 0.8) == pytest.approx(math.sqrt(20 * 400))  # geometric

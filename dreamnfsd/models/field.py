@@ -28,6 +28,9 @@ class SDFConfig:
     sharpness_start: float = 20.0
     sharpness_end: float = 400.0
     sharpness_ramp: float = 0.8
+    # The curvature term's per-sample value: |laplacian f| (an L1 curvature: an edge costs its angle, not its
+    # sharpness) instead of its square.
+    curvature_l1: bool = False
 
 
 FIELD_KINDS = ("density", "sdf")

@@ -117,7 +117,8 @@ class SDFField(HashGridField):
 
     def render_samples(self, x: Tensor, dirs: Tensor, deltas: Tensor) -> dict[str, Tensor]:
         """NeuS density, albedo and normals at samples, plus per-sample "eikonal" ((|grad f| - 1)^2) and
-        "curvature" ((laplacian f)^2) terms for the regularisers. Shapes as in :meth:`HashGridField.render_samples`.
+        "curvature" ((laplacian f)^2, or |laplacian f| with ``sdf.curvature_l1``) terms for the
+        regularisers. Shapes as in :meth:`HashGridField.render_samples`.
         """
         d = self.differentials(x)
         alpha = neus_alpha(d["sdf"], d["gradient"], dirs, deltas, self.sharpness)
@@ -127,5 +128,5 @@ class SDFField(HashGridField):
             "albedo": d["albedo"],
             "normal": d["gradient"] / norm.clamp(min=1e-6)[:, None],
             "eikonal": (norm - 1.0).square(),
-            "curvature": d["laplacian"].square(),
+            "curvature": d["laplacian"].abs() if self.cfg.sdf.curvature_l1 else d["laplacian"].square(),
         }
