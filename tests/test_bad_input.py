@@ -146,6 +146,11 @@ def _cases(w) -> dict[str, tuple[list[str], list[str]]]:
         "output_dir not empty": ([*p, f"output_dir={w['nonempty']}"], ["output_dir", "not empty"]),
         "output_root under a file": ([*p, f"output_root={w['a_file'] / 'sub'}"], ["output_root", "not a folder"]),
         "device unknown": ([*p, "device=tpu"], ["device", "cpu"]),
+        "two curvature forms": (
+            [*p, "field.sdf.curvature_l1=true", "field.sdf.curvature_huber=20"],
+            ["field.sdf.curvature_huber", "curvature_l1", "set one"],
+        ),
+        "curvature huber negative": ([*p, "field.sdf.curvature_huber=-1"], ["field.sdf.curvature_huber", "must be in"]),
         "on_nan unknown": ([*p, "train.on_nan=ignore"], ["train.on_nan", "rollback"]),
         "max_consecutive_skips zero": ([*p, "train.max_consecutive_skips=0"], ["train.max_consecutive_skips"]),
         "ckpt_every negative": ([*p, "train.ckpt_every=-1"], ["train.ckpt_every"]),

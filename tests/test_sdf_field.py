@@ -11,7 +11,7 @@ from dreamnfsd.data import make_cameras
 from dreamnfsd.eval.metrics import mask_iou, true_masks
 from dreamnfsd.export.mesh import extract_mesh
 from dreamnfsd.models import Background, BackgroundConfig, FieldConfig, HashEncodingConfig, SDFConfig, build_field
-from dreamnfsd.models.sdf_field import SDFField, alpha_to_density, neus_alpha, sharpness_at
+from dreamnfsd.models.sdf_field import SDFField, alpha_to_density, curvature_penalty, neus_alpha, sharpness_at
 from dreamnfsd.rendering import OccupancyGrid, OccupancyGridConfig, RendererConfig, VolumeRenderer, render_weights
 
 
@@ -48,6 +48,17 @@ def test_curvature_term_is_the_laplacians_square_or_with_curvature_l1_its_magnit
     lap = field.differentials(x)["laplacian"]
     assert torch.allclose(squared, lap.square()) and torch.allclose(l1, lap.abs())
     assert torch.allclose(l1, 2.0 / x.norm(dim=-1), rtol=0.1)  # |laplacian| of the sphere's |x| - r
+
+
+def test_huber_curvature_is_the_square_below_its_threshold_and_a_line_of_the_same_slope_above():
+    lap = torch.tensor([-40.0, -20.0, -5.0, 0.0, 3.0, 19.9, 20.0, 50.0], requires_grad=True)
+    pen = curvature_penalty(lap, huber=20.0)
+    small = lap.abs() < 20
+    assert torch.allclose(pen[small], lap[small].square())
+    assert torch.allclose(pen[~small], 40.0 * lap[~small].abs() - 400.0)
+    (grad,) = torch.autograd.grad(pen.sum(), lap)
+    assert torch.allclose(grad, (2 * lap).clamp(-40, 40))  # continuous slope, capped at 2 d
+    assert torch.equal(curvature_penalty(lap), lap.square()) and torch.equal(curvature_penalty(lap, l1=True), lap.abs())
 
 
 def test_sharpness_schedule_and_state():

@@ -118,6 +118,7 @@ RANGES: dict[str, Range] = {
     "field.sdf.sharpness_start": Range(0, 1e5, lo_open=True),
     "field.sdf.sharpness_end": Range(0, 1e5, lo_open=True),
     "field.sdf.sharpness_ramp": SHARE,
+    "field.sdf.curvature_huber": Range(0, 1e4, meaning="a Laplacian magnitude, 1 / the smallest radius smoothed"),
     "grid.resolution": Range(8, 1024, meaning="cells per axis"),
     "grid.update_every": Range(1, BIG),
     "grid.warmup_steps": Range(0, BIG),
@@ -269,6 +270,11 @@ def validate(cfg: RunConfig) -> None:
         cfg.field.sdf.init_radius < cfg.field.bound,
         "field.sdf.init_radius",
         f"must be inside the scene box (field.bound={cfg.field.bound}), got {cfg.field.sdf.init_radius}; e.g. 0.5",
+    )
+    _require(
+        not (cfg.field.sdf.curvature_l1 and cfg.field.sdf.curvature_huber > 0),
+        "field.sdf.curvature_huber",
+        "and field.sdf.curvature_l1 are two forms of one term; set one, e.g. field.sdf.curvature_huber=0",
     )
     check_t_range(cfg.guidance.t_range)
     pairs = {}

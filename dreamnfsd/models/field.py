@@ -31,6 +31,10 @@ class SDFConfig:
     # The curvature term's per-sample value: |laplacian f| (an L1 curvature: an edge costs its angle, not its
     # sharpness) instead of its square.
     curvature_l1: bool = False
+    # Or, when > 0, the square below this |laplacian f| and a line of the same slope above it (a Huber penalty):
+    # curved surfaces (a radius over 1 / curvature_huber) are smoothed as by the square, edges sharper than that
+    # cost their angle as with curvature_l1. 0 keeps the square everywhere.
+    curvature_huber: float = 0.0
 
 
 FIELD_KINDS = ("density", "sdf")

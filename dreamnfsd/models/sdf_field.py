@@ -44,6 +44,18 @@ def neus_alpha(sdf: Tensor, grad: Tensor, dirs: Tensor, deltas: Tensor, sharpnes
     return ((prev - nxt + 1e-5) / (prev + 1e-5)).clamp(0.0, 1.0)
 
 
+def curvature_penalty(laplacian: Tensor, l1: bool = False, huber: float = 0.0) -> Tensor:
+    """The curvature term's per-sample value (N,) from the SDF's Laplacian (N,): its square; its magnitude with
+    ``l1``; with ``huber`` = d > 0 the square below |laplacian| = d and ``2 d |laplacian| - d^2`` above (the same
+    value and slope at d, so the square's weight carries over)."""
+    if l1:
+        return laplacian.abs()
+    if huber > 0:
+        a = laplacian.abs()
+        return torch.where(a < huber, a.square(), 2.0 * huber * a - huber * huber)
+    return laplacian.square()
+
+
 def alpha_to_density(alpha: Tensor, deltas: Tensor) -> Tensor:
     """The density that gives opacity ``alpha`` over an interval ``deltas``: -log(1 - alpha) / delta."""
     return -torch.log1p(-alpha.clamp(max=_MAX_ALPHA)) / deltas.clamp(min=1e-10)
@@ -117,8 +129,8 @@ class SDFField(HashGridField):
 
     def render_samples(self, x: Tensor, dirs: Tensor, deltas: Tensor) -> dict[str, Tensor]:
         """NeuS density, albedo and normals at samples, plus per-sample "eikonal" ((|grad f| - 1)^2) and
-        "curvature" ((laplacian f)^2, or |laplacian f| with ``sdf.curvature_l1``) terms for the
-        regularisers. Shapes as in :meth:`HashGridField.render_samples`.
+        "curvature" (:func:`curvature_penalty` of the Laplacian) terms for the regularisers. Shapes as in
+        :meth:`HashGridField.render_samples`.
         """
         d = self.differentials(x)
         alpha = neus_alpha(d["sdf"], d["gradient"], dirs, deltas, self.sharpness)
@@ -128,5 +140,5 @@ class SDFField(HashGridField):
             "albedo": d["albedo"],
             "normal": d["gradient"] / norm.clamp(min=1e-6)[:, None],
             "eikonal": (norm - 1.0).square(),
-            "curvature": d["laplacian"].abs() if self.cfg.sdf.curvature_l1 else d["laplacian"].square(),
+            "curvature": curvature_penalty(d["laplacian"], self.cfg.sdf.curvature_l1, self.cfg.sdf.curvature_huber),
         }
