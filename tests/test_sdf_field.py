@@ -41,8 +41,8 @@ def test_field_starts_as_an_exact_sphere_with_unit_gradient_and_its_laplacian():
 def test_curvature_term_is_the_laplacians_square_or_with_curvature_l1_its_magnitude():
     x = torch.tensor([[0.7, 0.0, 0.0], [0.0, -0.9, 0.3], [0.2, 0.2, 0.8]])
     dirs, deltas = -x / x.norm(dim=-1, keepdim=True), torch.full((3,), 0.01)
-    squared = small_sdf(0.5).render_samples(x, dirs, deltas)["curvature"]
     field = small_sdf(0.5)
+    squared = field.render_samples(x, dirs, deltas)["curvature"]
     field.cfg.sdf.curvature_l1 = True
     l1 = field.render_samples(x, dirs, deltas)["curvature"]
     lap = field.differentials(x)["laplacian"]
