@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--axes", default=SizePullConfig.axes, help="axes the scale acts on: xyz (size), z (height), xy (width)"
     )
+    parser.add_argument(
+        "--edge-radius",
+        type=float,
+        default=SizePullConfig.edge_radius,
+        help="round the edges of a cube, cylinder or cone by this radius, faces in place (a trained surface's edges)",
+    )
     parser.add_argument("--no-phrase-groups", action="store_true", help="skip delta_D per degradation group")
     parser.add_argument("--prior-folder", default=None, help="a pixel prior folder instead of the built-in one")
     parser.add_argument("--out", default="outputs/size_pull.json")
@@ -44,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--t-range: {args.t_range} must satisfy 0 <= LO <= HI <= 1; e.g. --t-range 0.02 0.2")
     if not args.axes or set(args.axes) - set("xyz") or len(set(args.axes)) != len(args.axes):
         parser.error(f"--axes: {args.axes!r} must be distinct letters of x, y, z; e.g. --axes z")
+    if not 0.0 <= args.edge_radius <= 0.2:
+        parser.error(f"--edge-radius: {args.edge_radius} must be in [0, 0.2]; e.g. --edge-radius 0.04")
     if args.supersample < 1:
         parser.error(f"--supersample: {args.supersample} must be at least 1; e.g. --supersample 1")
 
@@ -58,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         t_range=tuple(args.t_range),
         supersample=args.supersample,
         axes="".join(sorted(args.axes)),
+        edge_radius=args.edge_radius,
         phrase_groups=not args.no_phrase_groups,
     )
     pulls = size_pull(prior, cfg)
@@ -67,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     what = "size" if cfg.axes == "xyz" else f"stretch along {cfg.axes}"
     print(
         f"{what} pull of each guidance term on renders of a {args.color} {args.shape} ({cfg.n} views per scale, "
-        f"t in {cfg.t_range[0]:g}-{cfg.t_range[1]:g} T, {cfg.supersample}x{cfg.supersample} rays a pixel)"
+        f"t in {cfg.t_range[0]:g}-{cfg.t_range[1]:g} T, {cfg.supersample}x{cfg.supersample} rays a pixel"
+        + (f", edges rounded by {cfg.edge_radius:g})" if cfg.edge_radius else ")")
     )
     print(format_table(columns, rows))
     report = {"config": cfg.__dict__, "prior": prior_cfg.__dict__, "pull": pulls, "preferred_scale": preferred}

@@ -82,3 +82,40 @@ def test_a_stretch_changes_only_the_stretched_axis_and_stays_a_safe_bound():
     cols = lambda m: (m.sum(-2) > 0.5).sum(-1)
     base = plain["mask"][:, 0]
     assert (rows(taller) > rows(base)).all() and torch.equal(cols(taller), cols(base))
+
+
+def test_rounded_edges_keep_the_faces_and_cut_edges_and_corners_by_the_exact_amount():
+    rho = torch.tensor(0.04)
+    sqrt2, sqrt3 = math.sqrt(2), math.sqrt(3)
+    # Points on the sharp shape: face centres stay on the surface, an edge or corner is cut by rho (1/sin(a/2) - 1)
+    # for an interior angle a (90° box edge: sqrt 2 - 1; box corner: sqrt 3 - 1).
+    cases = {
+        "cube": ([[0.5, 0, 0], [0, 0, -0.5], [0.5, 0.5, 0], [0.5, -0.5, 0.5]], [0, 0, sqrt2 - 1, sqrt3 - 1]),
+        "cylinder": ([[0.45, 0, 0], [0, 0, 0.55], [0, 0.45, -0.55]], [0, 0, sqrt2 - 1]),
+        # The cone's rim has interior angle atan(1 / 0.6), its apex 2 atan(0.6).
+        "cone": (
+            [[0, 0, -0.5], [0.3, 0, 0], [0.6, 0, -0.5], [0, 0, 0.5]],
+            [0, 0, 1 / math.sin(math.atan(1 / 0.6) / 2) - 1, 1 / math.sin(math.atan(0.6)) - 1],
+        ),
+    }
+    for shape, (points, cut) in cases.items():
+        d = primitive_sdf(shape, torch.tensor(points), rounding=rho)
+        assert torch.allclose(d, rho * torch.tensor(cut), atol=1e-5), (shape, d)
+    # Spheres and tori have no edges: rounding leaves them alone.
+    p = torch.randn(64, 3)
+    for shape in ("sphere", "torus"):
+        assert torch.equal(primitive_sdf(shape, p, rounding=rho), primitive_sdf(shape, p))
+
+
+def test_edge_rounding_in_the_dataset_changes_only_the_edged_shapes():
+    plain, zero = make_dataset(48, seed=3), make_dataset(48, seed=3, edge_round=0.0)
+    rounded = make_dataset(48, seed=3, edge_round=0.06)
+    assert all(torch.equal(plain[k], zero[k]) for k in ("rgb", "mask", "shape_idx", "edge_radius"))
+    assert plain["captions"] == rounded["captions"] and torch.equal(plain["azimuth"], rounded["azimuth"])
+    r = rounded["edge_radius"]
+    assert (r >= 0).all() and (r <= 0.06).all() and r.std() > 0.01
+    changed = (plain["mask"].float() - rounded["mask"].float()).abs().sum((1, 2, 3)) > 0
+    edged = torch.tensor([SHAPES[i] in ("cube", "cylinder", "cone") for i in plain["shape_idx"].tolist()])
+    assert not changed[~edged].any() and changed[edged].float().mean() > 0.8
+    # Rounding only takes area away (the rounded solid lies inside the sharp one).
+    assert (rounded["mask"].float().sum((1, 2, 3)) <= plain["mask"].float().sum((1, 2, 3)) + 1e-3).all()

@@ -26,8 +26,8 @@ def test_the_shipped_prior_pulls_a_small_cube_larger_and_a_large_cube_smaller():
     prior = load_prior(PriorConfig(kind="builtin"))
     cfg = SizePullConfig(scales=(0.9, 1.1), n=32, phrase_groups=False)
     pulls = size_pull(prior, cfg)
-    assert set(pulls) == {"unconditional", "delta_C", "nfsd", "sds", "delta_D"}
-    for term in ("unconditional", "delta_C", "nfsd"):
+    assert set(pulls) == {"unconditional", "conditional", "delta_C", "nfsd", "sds", "delta_D"}
+    for term in ("unconditional", "conditional", "delta_C", "nfsd"):
         (small, small_se), (large, large_se) = pulls[term]
         assert small > 3 * small_se and large < -3 * large_se, (term, pulls[term])
         assert 0.9 < preferred_scale(list(cfg.scales), [small, large]) < 1.1

@@ -63,11 +63,11 @@ def test_init_from_an_export_continues_its_steps_and_records_the_size_change(tmp
     assert meta["train_steps"] == 4 and meta["scale_jitter"] == 0
     assert meta["option_values"]["ema"] == [[0, 0.999], [2, 0.99]]
     card = (second / "prior" / "README.md").read_text()
-    assert "--seed 0 --steps 2 " in card and "--ema 0.999 --out work_data/prior_step2" in card
+    assert "--seed 0 --steps 2 " in card and "--ema 0.999 --n-data 32 --out work_data/prior_step2" in card
     assert (
         "--seed 0 --init-from work_data/prior_step2 --work-dir work_data/from_step2 --steps 4 "
         "--min-snr-gamma 5.0 --cube-weight 2.0 --pose-harmonics 4 --x0-weight-cap 10.0 --scale-jitter 0.0 "
-        "--ema 0.99"
+        "--ema 0.99 --n-data 32"
     ) in card
     # The export loads and its weights moved from the initial ones.
     a = PixelPrior.from_pretrained(str(first / "prior")).unet.conv_in.weight
@@ -87,9 +87,9 @@ def test_a_second_restart_keeps_the_first_in_the_reproduce_chain(tmp_path):
     card = (dirs[2] / "prior" / "README.md").read_text()
     assert "steps 3-3 from the step-2 export; steps 4-4 from the step-3 export" in card
     assert "seed 0 from step 0, 1 from step 3;" in card
-    assert "--seed 0 --steps 2 " in card and "--ema 0.999 --out work_data/prior_step2" in card
+    assert "--seed 0 --steps 2 " in card and "--ema 0.999 --n-data 32 --out work_data/prior_step2" in card
     assert "--seed 0 --init-from work_data/prior_step2 --work-dir work_data/from_step2 --steps 3 " in card
-    assert "--ema 0.999 --out work_data/prior_step3" in card
+    assert "--ema 0.999 --n-data 32 --out work_data/prior_step3" in card
     assert "--seed 1 --init-from work_data/prior_step3 --work-dir work_data/from_step3 --steps 4 " in card
 
 
@@ -133,6 +133,27 @@ def test_every_option_change_on_resume_is_recorded_in_the_card(tmp_path):
     assert "--seed 0 --resume --steps 3 --min-snr-gamma 5.0 --cube-weight 2.0 " in card
     assert "--seed 0 --resume --steps 4 --min-snr-gamma 5.0 --cube-weight 1.0 " in card
     assert "--x0-weight-cap 10.0 --lr 0.0001 --ema 0.999" in card and card.count("--lr") == 1
+
+
+def test_options_added_later_are_recorded_on_resume_and_older_records_read_as_their_defaults(tmp_path):
+    """Edge rounding, the data size and the warm-up joined the [step, value] history late: a change is recorded at its
+    step, and a record without them had their defaults throughout (so the shipped card is unchanged)."""
+    common = replace(TOY, work_dir=tmp_path, out=tmp_path / "prior")
+    with torch.random.fork_rng():
+        train(replace(common, steps=2))
+        train(replace(common, steps=3, edge_round=0.05, n_data=24, warmup=50, resume=True))
+    meta = json.loads((tmp_path / "prior" / "dreamnfsd_prior.json").read_text())
+    assert meta["option_values"]["edge_round"] == [[0, 0.0], [2, 0.05]]
+    cached = sorted(p.name for p in tmp_path.glob("prior_data_*"))
+    assert cached == ["prior_data_seed0_n24_round0.05.pt", "prior_data_seed0_n32.pt"]  # a new set for new options
+    card = (tmp_path / "prior" / "README.md").read_text()
+    assert "r 0.0 from step 0, 0.05 from step 2." in card and card.count("--edge-round 0.05") == 1
+    assert "32 from step 0, 24 from step 2 rendered images" in card and "300 from step 0, 50 from step 2 steps" in card
+    assert "--resume --steps 3 " in card and card.count("--n-data 24 --warmup 50") == 1
+    # The shipped prior's record predates the option: its edges were sharp throughout and its card is unchanged.
+    shipped = json.loads((builtin_training.DEFAULT_DIR / "dreamnfsd_prior.json").read_text())
+    assert builtin_training.export_values(shipped)["edge_round"] == [[0, 0.0]]
+    assert "--edge-round" not in builtin_training.model_card(shipped)
 
 
 # The 4,757-step prior's metadata (shipped until 2026-12-05), written before the [step, value] history: one change

@@ -43,17 +43,17 @@ SCALE_JITTER = 0.1  # training images draw each primitive at 1 ± this size
 BOUND = 1.0  # every primitive (with scale jitter) lies inside this radius
 
 
-def _box(p: Tensor, half: float) -> Tensor:
+def _box(p: Tensor, half: float | Tensor) -> Tensor:
     q = p.abs() - half
     return q.clamp(min=0).norm(dim=-1) + q.max(dim=-1).values.clamp(max=0)
 
 
-def _cylinder(p: Tensor, radius: float, half_height: float) -> Tensor:
+def _cylinder(p: Tensor, radius: float | Tensor, half_height: float | Tensor) -> Tensor:
     d = torch.stack([p[..., :2].norm(dim=-1) - radius, p[..., 2].abs() - half_height], dim=-1)
     return d.max(dim=-1).values.clamp(max=0) + d.clamp(min=0).norm(dim=-1)
 
 
-def _cone(p: Tensor, half_height: float, radius: float) -> Tensor:
+def _cone(p: Tensor, half_height: float | Tensor, radius: float | Tensor) -> Tensor:
     """Exact SDF of a cone along z with base radius ``radius`` at z=-h and apex at z=+h (Quilez's capped cone)."""
     qx, qy = p[..., :2].norm(dim=-1), p[..., 2]
     k2x, k2y = -radius, 2.0 * half_height
@@ -69,6 +69,24 @@ def _torus(p: Tensor, major: float, minor: float) -> Tensor:
     return q.norm(dim=-1) - minor
 
 
+def _rounded_cone(p: Tensor, rho: Tensor) -> Tensor:
+    """The canonical cone (base radius 0.6 at z=-0.5, apex at z=0.5) with rim and apex rounded by ``rho``: a cone
+    whose base and side lie ``rho`` inside the true ones, offset outward by ``rho`` (exact, a Minkowski sum)."""
+    slant = math.sqrt(1 + 0.6**2)  # the side line q + 0.6 z = 0.3 has normal (1, 0.6) / slant in (q, z)
+    base, apex = -0.5 + rho, 0.5 - rho * slant / 0.6
+    radius = 0.6 - rho * (slant + 0.6)
+    centre = torch.zeros_like(p)
+    centre[..., 2] = centre[..., 2] + (apex + base) / 2
+    return _cone(p - centre, (apex - base) / 2, radius) - rho
+
+
+# Edges rounded by rho (canonical units): the shape shrunk by rho and offset outward by it, so faces stay in place.
+_ROUNDED = {
+    "cube": lambda p, rho: _box(p, (0.5 - rho)[..., None]) - rho,
+    "cylinder": lambda p, rho: _cylinder(p, 0.45 - rho, 0.55 - rho) - rho,
+    "cone": _rounded_cone,
+}
+
 _SDFS = {
     "sphere": lambda p: p.norm(dim=-1) - 0.6,
     "cube": lambda p: _box(p, 0.5),
@@ -78,23 +96,34 @@ _SDFS = {
 }
 
 
-def primitive_sdf(shape: str, points: Tensor, scale: float | Tensor = 1.0, stretch: Tensor | None = None) -> Tensor:
+def primitive_sdf(
+    shape: str,
+    points: Tensor,
+    scale: float | Tensor = 1.0,
+    stretch: Tensor | None = None,
+    rounding: Tensor | None = None,
+) -> Tensor:
     """Signed distance of the canonical primitive ``shape`` scaled by ``scale``.
 
     Args:
         points: (..., 3) world points. scale: a float, or a tensor broadcastable to points[..., 0].
         stretch: optional per-axis factors broadcastable to points (e.g. (1, 1, 1.05): 5% taller). The result is
             then a lower bound of the distance (exact along the least-stretched axis), still safe to sphere-trace.
+        rounding: optional radius, broadcastable to points[..., 0], by which the edges of a cube, cylinder or cone
+            are rounded (before scaling; faces stay where they were). Spheres and tori have no edges and ignore it.
     Returns:
         (...) signed distances, negative inside.
     """
     if shape not in _SDFS:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
     s = torch.as_tensor(scale, dtype=points.dtype)
+    sdf = _SDFS[shape]
+    if rounding is not None and shape in _ROUNDED:
+        sdf = lambda p: _ROUNDED[shape](p, rounding.to(points.dtype))  # noqa: E731
     if stretch is None:
-        return _SDFS[shape](points / s[..., None]) * s
+        return sdf(points / s[..., None]) * s
     a = stretch.to(points.dtype)
-    return _SDFS[shape](points / (s[..., None] * a)) * s * a.amin(-1)
+    return sdf(points / (s[..., None] * a)) * s * a.amin(-1)
 
 
 def primitive_occupancy(shape: str, points: Tensor, scale: float | Tensor = 1.0) -> Tensor:
@@ -116,10 +145,16 @@ def make_cameras(azimuth: Tensor, elevation: Tensor, resolution: int) -> CameraB
 
 
 def _trace(
-    shape_idx: Tensor, scale: Tensor, origins: Tensor, dirs: Tensor, iters: int, stretch: Tensor | None = None
+    shape_idx: Tensor,
+    scale: Tensor,
+    origins: Tensor,
+    dirs: Tensor,
+    iters: int,
+    stretch: Tensor | None = None,
+    rounding: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Sphere-trace rays (B, R, 3) against per-image primitives (stretch: None or (B, 3)). Returns hit points
-    (B, R, 3) and hit mask (B, R)."""
+    """Sphere-trace rays (B, R, 3) against per-image primitives (stretch: None or (B, 3); rounding: None or (B,)).
+    Returns hit points (B, R, 3) and hit mask (B, R)."""
     # Start on the bounding sphere (camera distance is fixed, so rays start near the front of it).
     b_dot = (origins * dirs).sum(-1)
     disc = b_dot.square() - (origins.square().sum(-1) - BOUND**2)
@@ -131,8 +166,9 @@ def _trace(
             continue
         o, d, tk, s = origins[sel], dirs[sel], t[sel], scale[sel][:, None]
         a = None if stretch is None else stretch[sel][:, None]
+        r = None if rounding is None else rounding[sel][:, None]
         for _ in range(iters):
-            dk = primitive_sdf(name, o + tk[..., None] * d, s, a)
+            dk = primitive_sdf(name, o + tk[..., None] * d, s, a, r)
             tk = tk + 0.95 * dk  # slight under-relaxation keeps the (bound-only) cone SDF safe
         t[sel], dist[sel] = tk, dk
     hit = (dist.abs() < 2e-3) & (disc > 0)
@@ -140,7 +176,12 @@ def _trace(
 
 
 def _normals(
-    shape_idx: Tensor, scale: Tensor, points: Tensor, eps: float = 1e-3, stretch: Tensor | None = None
+    shape_idx: Tensor,
+    scale: Tensor,
+    points: Tensor,
+    eps: float = 1e-3,
+    stretch: Tensor | None = None,
+    rounding: Tensor | None = None,
 ) -> Tensor:
     """Central-difference SDF gradients at points (B, R, 3), normalised."""
     offsets = torch.eye(3) * eps
@@ -151,7 +192,8 @@ def _normals(
             continue
         p, s = points[sel], scale[sel][:, None]
         a = None if stretch is None else stretch[sel][:, None]
-        grads = [primitive_sdf(name, p + o, s, a) - primitive_sdf(name, p - o, s, a) for o in offsets]
+        r = None if rounding is None else rounding[sel][:, None]
+        grads = [primitive_sdf(name, p + o, s, a, r) - primitive_sdf(name, p - o, s, a, r) for o in offsets]
         n[sel] = torch.stack(grads, dim=-1)
     return F.normalize(n, dim=-1)
 
@@ -169,6 +211,7 @@ def render_primitives(
     iters: int = 48,
     scale: Tensor | None = None,
     stretch: Tensor | None = None,
+    rounding: Tensor | None = None,
 ) -> dict:
     """Render B single-primitive images on white.
 
@@ -179,6 +222,7 @@ def render_primitives(
         scale: (B,) fixed object scales instead of the random ``1 ± scale_jitter``.
         stretch: optional (3,) or (B, 3) factors along the canonical x, y, z on top of the scale (a probe of
             proportions: (1, 1, 1.05) is 5% taller); the training data never stretches.
+        rounding: optional (B,) radii by which cube, cylinder and cone edges are rounded (see primitive_sdf).
     Returns:
         dict with rgb (B, 3, H, W) in [0, 1], mask (B, 1, H, W) pixel coverage in [0, 1], normal (B, 3, H, W) and
         depth (B, 1, H, W) (distance from the camera; both 0 where no ray hits, averaged over the supersamples, so
@@ -194,8 +238,9 @@ def render_primitives(
     origins, dirs = cam_hi.rays()
     origins, dirs = origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3)
     stretch = None if stretch is None else stretch.float().expand(b, 3)
-    points, hit = _trace(shape_idx, scale, origins, dirs, iters, stretch)
-    normals = _normals(shape_idx, scale, points, stretch=stretch)
+    rounding = None if rounding is None else rounding.float().expand(b)
+    points, hit = _trace(shape_idx, scale, origins, dirs, iters, stretch, rounding)
+    normals = _normals(shape_idx, scale, points, stretch=stretch, rounding=rounding)
     # A light near the camera, nudged randomly, so shading varies but front faces stay lit.
     light = F.normalize(cam_hi.c2w[:, :3, 3] + light_jitter * DISTANCE * torch.randn(b, 3, generator=generator), dim=-1)
     lambert = (normals * light[:, None]).sum(-1).clamp(min=0)
@@ -290,10 +335,13 @@ def make_dataset(
     chunk: int = 1024,
     progress: bool = False,
     scale_jitter: float = SCALE_JITTER,
+    edge_round: float = 0.0,
 ) -> dict:
     """Render ``n`` random captioned images, reproducibly from ``seed``.
 
     ``scale_jitter`` only resizes the objects: the random stream, and so every other property, does not depend on it.
+    ``edge_round`` > 0 rounds the edges of each cube, cylinder and cone by a radius uniform in [0, edge_round], drawn
+    from a stream of its own, so that too changes nothing else (and 0 gives the images of before).
 
     Returns:
         dict with rgb (N, 3, H, W) uint8, mask (N, 1, H, W) uint8 coverage*255, shape_idx / color_idx (N,) long,
@@ -303,11 +351,19 @@ def make_dataset(
     shape_idx = torch.randint(len(SHAPES), (n,), generator=g)
     color_idx = torch.randint(len(COLORS), (n,), generator=g)
     azimuth, elevation = sample_view_angles(n, g, elevation_range)
+    radii = edge_round * torch.rand(n, generator=torch.Generator().manual_seed(seed + 7919)) if edge_round else None
     rgbs, masks = [], []
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
         out = render_primitives(
-            shape_idx[sl], color_idx[sl], azimuth[sl], elevation[sl], resolution, scale_jitter=scale_jitter, generator=g
+            shape_idx[sl],
+            color_idx[sl],
+            azimuth[sl],
+            elevation[sl],
+            resolution,
+            scale_jitter=scale_jitter,
+            generator=g,
+            rounding=None if radii is None else radii[sl],
         )
         rgbs.append(out["rgb"])
         masks.append((out["mask"] * 255).round().to(torch.uint8))
@@ -337,4 +393,5 @@ def make_dataset(
         "elevation": elevation,
         "degraded": degraded,
         "captions": captions,
+        "edge_radius": torch.zeros(n) if radii is None else radii,
     }

@@ -46,6 +46,7 @@ class SizePullConfig:
     # rays per pixel side of the images the guidance sees: 2 (box-filtered) as the prior's training data, 1 through
     # pixel centres as a field's training rays without camera.pixel_jitter
     supersample: int = 2
+    edge_radius: float = 0.0  # edges of a cube, cylinder or cone rounded by this (faces in place), as trained ones are
     seed: int = 0
     chunk: int = 128
 
@@ -102,6 +103,7 @@ def size_pull(prior: Prior, cfg: SizePullConfig) -> dict[str, list[tuple[float, 
             supersample=cfg.supersample,
             scale=size,
             stretch=stretch,
+            rounding=torch.tensor(cfg.edge_radius) if cfg.edge_radius else None,
             generator=light,
         )
         return prior.to_model_space(views["rgb"].to(prior.device)).cpu()
@@ -123,6 +125,9 @@ def size_pull(prior: Prior, cfg: SizePullConfig) -> dict[str, list[tuple[float, 
         e = {key: eps(z_t, key) for key in prompts}
         terms = {
             "unconditional": sds_direction(e["null"], e["cond"], noise, 0.0),  # SDS at guidance scale 0
+            # SDS at scale 1, the prompt's denoiser alone: delta_C is its pull minus the unconditional one, a small
+            # difference of two steep pulls, so a slight gap between their sizes moves delta_C's size far more
+            "conditional": sds_direction(e["null"], e["cond"], noise, 1.0),
             "delta_C": e["cond"] - e["null"],
             "nfsd": nfsd_direction(e["null"], e["cond"], e["delta_D"], t, DEFAULT_SCALE["nfsd"], cfg.nfsd_t_threshold),
             "sds": sds_direction(e["null"], e["cond"], noise, DEFAULT_SCALE["sds"]),

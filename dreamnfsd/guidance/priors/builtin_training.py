@@ -70,6 +70,7 @@ class PriorTrainConfig:
     pose_harmonics: int = POSE_HARMONICS  # azimuth harmonics of the UNet's pose embedding; 0: ray channels only
     pose_lr_mult: float = 3.0  # learning-rate multiplier of the pose embedding
     scale_jitter: float = SCALE_JITTER  # objects drawn at 1 +- this size
+    edge_round: float = 0.0  # cube, cylinder and cone edges rounded by a radius uniform in [0, this]
     init_from: Path | None = None  # start from an exported prior folder's weights, with a fresh optimiser
     camera_drop: float = 0.1  # fraction of images trained without camera (the text-only input)
     caption_drop: float = 0.1  # fraction of images trained with the empty caption (classifier-free guidance)
@@ -90,7 +91,9 @@ LEGACY_CHANGES = {
     "x0_weight_cap": ("x0_weight_from_step", 0),
     "scale_jitter": ("scale_jitter_from_step", SCALE_JITTER),
 }
-STAGE_OPTIONS = ("seed", "lr", "ema", *LEGACY_CHANGES)
+# Options added after the [step, value] history: records without them had the value here from step 0.
+LATER_OPTIONS = {"edge_round": 0.0, "warmup": 300, "n_data": 50_000}
+STAGE_OPTIONS = ("seed", "lr", "ema", *LEGACY_CHANGES, *LATER_OPTIONS)
 
 
 @dataclass
@@ -177,7 +180,8 @@ def recorded_values(record: dict, values: dict) -> dict[str, list[list]]:
     seed history, one change per other option (:data:`LEGACY_CHANGES`) and no learning rate (the default then); an
     option missing from ``values`` had not been added yet, so it kept its earlier value."""
     if "option_values" in record:
-        return {option: [list(p) for p in pairs] for option, pairs in record["option_values"].items()}
+        later = {option: [[0, value]] for option, value in LATER_OPTIONS.items()}
+        return later | {option: [list(p) for p in pairs] for option, pairs in record["option_values"].items()}
     history = {
         "seed": [list(p) for p in record.get("seed_history", [[0, values["seed"]]])],
         "lr": [[0, values.get("lr", PriorTrainConfig.lr)]],
@@ -186,7 +190,7 @@ def recorded_values(record: dict, values: dict) -> dict[str, list[list]]:
     for option, (key, earlier) in LEGACY_CHANGES.items():
         value, since = values.get(option), record.get(key, 0)
         history[option] = [[0, earlier]] if value is None else [[0, earlier], [since, value]] if since else [[0, value]]
-    return history
+    return history | {option: [[0, value]] for option, value in LATER_OPTIONS.items()}
 
 
 def export_values(meta: dict) -> dict[str, list[list]]:
@@ -335,7 +339,8 @@ def load_or_start(cfg: PriorTrainConfig) -> TrainState:
 # --- data and loss --------------------------------------------------------------------------------------------------
 def dataset_cache_path(cfg: PriorTrainConfig) -> Path:
     jitter = "" if cfg.scale_jitter == SCALE_JITTER else f"_jitter{cfg.scale_jitter:g}"
-    return cfg.work_dir / f"prior_data_seed{cfg.seed}_n{cfg.n_data}{jitter}.pt"
+    rounded = f"_round{cfg.edge_round:g}" if cfg.edge_round else ""
+    return cfg.work_dir / f"prior_data_seed{cfg.seed}_n{cfg.n_data}{jitter}{rounded}.pt"
 
 
 def load_data(cfg: PriorTrainConfig, tokenizer) -> dict:
@@ -346,7 +351,7 @@ def load_data(cfg: PriorTrainConfig, tokenizer) -> dict:
         data = torch.load(cache)
     else:
         t0 = time.time()
-        data = make_dataset(cfg.n_data, seed=cfg.seed + 1000, progress=False, scale_jitter=cfg.scale_jitter)
+        data = make_dataset(cfg.n_data, seed=cfg.seed + 1000, scale_jitter=cfg.scale_jitter, edge_round=cfg.edge_round)
         log.info("rendered %d images in %.0fs", cfg.n_data, time.time() - t0)
         with atomic_output(cache) as tmp:
             torch.save(data, tmp)
@@ -535,6 +540,7 @@ def export_metadata(cfg: PriorTrainConfig, state: TrainState) -> dict:
         "pose_from_step": h.pose_from_step,
         "x0_weight_cap": cfg.x0_weight_cap,
         "scale_jitter": cfg.scale_jitter,
+        "edge_round": cfg.edge_round,
         "option_values": h.option_values,
         "init_steps": h.init_steps,
         "loss_note": "final_loss is the running mean of the (Min-SNR weighted) epsilon MSE",
@@ -578,15 +584,17 @@ on a white background. Pixel space (no VAE), 32x32 RGB in [-1, 1], epsilon predi
 - Text: captions "a <colour> <shape>", 10% dropped to "" for classifier-free guidance; about 15% of images are
   degraded and captioned with words of the NFSD negative prompt.
 - Vocabulary: {" ".join(VOCABULARY)}
-- Training: {meta["train_steps"]} steps at batch {meta["batch_size"]}, {meta["n_train_images"]} rendered images,
-  AdamW at learning rate {changes(values["lr"])} (linear warm-up over the first steps of each start), EMA of the
-  weights (the export) with decay {changes(values["ema"])}, seed {changes(values["seed"])}; final loss
-  {meta["final_loss"]}.
+- Training: {meta["train_steps"]} steps at batch {meta["batch_size"]}, {changes(values["n_data"])} rendered images,
+  AdamW at learning rate {changes(values["lr"])}, warmed up linearly over the first
+  {changes(values["warmup"])} steps of each start, EMA of the weights (the export) with decay
+  {changes(values["ema"])}, seed {changes(values["seed"])}; final loss {meta["final_loss"]}.
 - Loss: epsilon MSE times min(snr, gamma) / snr (Min-SNR-gamma) with gamma {changes(values["min_snr_gamma"])}, and
   times clamp(1/snr, 1, cap) (x0-space weight at large t) with cap {changes(values["x0_weight_cap"])}; 0 turns
   either off. The final loss above is the running mean of the weighted loss.
 - Cube images drawn with weight {changes(values["cube_weight"])} (1: uniform): the cube carries the azimuth signal.
-- Object size: the canonical primitive's times 1 ± jitter, jitter {changes(values["scale_jitter"])}.{init_note(meta)}
+- Object size: the canonical primitive's times 1 ± jitter, jitter {changes(values["scale_jitter"])}.
+- Edges of cubes, cylinders and cones rounded by a radius uniform in [0, r] (faces in place),
+  r {changes(values["edge_round"])}.{init_note(meta)}
 
 Reproduce (each option above took its value at its step, so one command per stage; a stage may be stopped and
 resumed at any step, since the checkpoint holds the optimiser and random states):
@@ -624,10 +632,17 @@ def reproduce_commands(meta: dict, values: dict[str, list[list]]) -> str:
         "--pose-harmonics": [[0, 0], [meta["pose_from_step"], meta["pose_harmonics"]]],
         "--x0-weight-cap": values["x0_weight_cap"],
         "--scale-jitter": values["scale_jitter"],
+        "--edge-round": values["edge_round"],
         "--lr": values["lr"],
         "--ema": values["ema"],
+        "--n-data": values["n_data"],
+        "--warmup": values["warmup"],
     }
-    defaults = {"--scale-jitter": SCALE_JITTER, "--lr": PriorTrainConfig.lr}
+    defaults = {
+        "--scale-jitter": SCALE_JITTER,
+        "--lr": PriorTrainConfig.lr,
+        **{f"--{o.replace('_', '-')}": v for o, v in LATER_OPTIONS.items()},
+    }
     left_out = {f"{flag} {value}" for flag, value in defaults.items()}  # as in older cards
     inits = init_steps(meta)
     changed = {s for pairs in (*options.values(), values["seed"]) for s, _ in pairs}
