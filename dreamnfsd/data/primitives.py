@@ -44,7 +44,8 @@ BOUND = 1.0  # every primitive (with scale jitter) lies inside this radius
 
 
 def _box(p: Tensor, half: float | Tensor) -> Tensor:
-    q = p.abs() - half
+    """Box of half-size ``half`` (a float, or a tensor broadcastable to p[..., 0])."""
+    q = p.abs() - torch.as_tensor(half, dtype=p.dtype)[..., None]
     return q.clamp(min=0).norm(dim=-1) + q.max(dim=-1).values.clamp(max=0)
 
 
@@ -69,8 +70,8 @@ def _torus(p: Tensor, major: float, minor: float) -> Tensor:
     return q.norm(dim=-1) - minor
 
 
-def _rounded_cone(p: Tensor, rho: Tensor) -> Tensor:
-    """The canonical cone (base radius 0.6 at z=-0.5, apex at z=0.5) with rim and apex rounded by ``rho``: a cone
+def _canonical_cone(p: Tensor, rho: float | Tensor) -> Tensor:
+    """The canonical cone (base radius 0.6 at z=-0.5, apex at z=0.5), its rim and apex rounded by ``rho``: a cone
     whose base and side lie ``rho`` inside the true ones, offset outward by ``rho`` (exact, a Minkowski sum)."""
     slant = math.sqrt(1 + 0.6**2)  # the side line q + 0.6 z = 0.3 has normal (1, 0.6) / slant in (q, z)
     base, apex = -0.5 + rho, 0.5 - rho * slant / 0.6
@@ -80,19 +81,14 @@ def _rounded_cone(p: Tensor, rho: Tensor) -> Tensor:
     return _cone(p - centre, (apex - base) / 2, radius) - rho
 
 
-# Edges rounded by rho (canonical units): the shape shrunk by rho and offset outward by it, so faces stay in place.
-_ROUNDED = {
-    "cube": lambda p, rho: _box(p, (0.5 - rho)[..., None]) - rho,
-    "cylinder": lambda p, rho: _cylinder(p, 0.45 - rho, 0.55 - rho) - rho,
-    "cone": _rounded_cone,
-}
-
+# The canonical primitives, each with its edges rounded by rho (canonical units; 0.0: sharp): the shape shrunk by rho
+# and offset outward by it, so faces stay in place. Spheres and tori have no edges.
 _SDFS = {
-    "sphere": lambda p: p.norm(dim=-1) - 0.6,
-    "cube": lambda p: _box(p, 0.5),
-    "cylinder": lambda p: _cylinder(p, 0.45, 0.55),
-    "cone": lambda p: _cone(p, 0.5, 0.6),
-    "torus": lambda p: _torus(p, 0.52, 0.22),
+    "sphere": lambda p, rho: p.norm(dim=-1) - 0.6,
+    "cube": lambda p, rho: _box(p, 0.5 - rho) - rho,
+    "cylinder": lambda p, rho: _cylinder(p, 0.45 - rho, 0.55 - rho) - rho,
+    "cone": _canonical_cone,
+    "torus": lambda p, rho: _torus(p, 0.52, 0.22),
 }
 
 
@@ -117,13 +113,11 @@ def primitive_sdf(
     if shape not in _SDFS:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
     s = torch.as_tensor(scale, dtype=points.dtype)
-    sdf = _SDFS[shape]
-    if rounding is not None and shape in _ROUNDED:
-        sdf = lambda p: _ROUNDED[shape](p, rounding.to(points.dtype))  # noqa: E731
+    rho = 0.0 if rounding is None else rounding.to(points.dtype)
     if stretch is None:
-        return sdf(points / s[..., None]) * s
+        return _SDFS[shape](points / s[..., None], rho) * s
     a = stretch.to(points.dtype)
-    return sdf(points / (s[..., None] * a)) * s * a.amin(-1)
+    return _SDFS[shape](points / (s[..., None] * a), rho) * s * a.amin(-1)
 
 
 def primitive_occupancy(shape: str, points: Tensor, scale: float | Tensor = 1.0) -> Tensor:

@@ -12,10 +12,9 @@ camera, and adds
     L * sum over shapes, terms (delta_C, delta_D) and directions of
         (mean over the shape's images of -<w(t) term, dI> / 100)^2
 
-the square estimated without bias as the product of the means of two halves of the shape's images.
-
-to the diffusion loss (w = 1 - alpha_bar, as the probe and the guidance weigh). 100 is the size of delta_C's pull
-on a 6%-small cube, so the term is about the diffusion loss's size where the bias is.
+to the diffusion loss (w = 1 - alpha_bar, as the probe and the guidance weigh), the square estimated without bias as
+the product of the means of two halves of the shape's images (unbounded below: the run it was written for blew up,
+see README.md). 100 is the size of delta_C's pull on a 6%-small cube.
 """
 
 from __future__ import annotations

@@ -179,8 +179,8 @@ def recorded_values(record: dict, values: dict) -> dict[str, list[list]]:
     ``record``, whose options had ``values`` at its step (a checkpoint's ``args``). Older records kept an EMA and a
     seed history, one change per other option (:data:`LEGACY_CHANGES`) and no learning rate (the default then); an
     option missing from ``values`` had not been added yet, so it kept its earlier value."""
+    later = {option: [[0, value]] for option, value in LATER_OPTIONS.items()}  # unless the record has them
     if "option_values" in record:
-        later = {option: [[0, value]] for option, value in LATER_OPTIONS.items()}
         return later | {option: [list(p) for p in pairs] for option, pairs in record["option_values"].items()}
     history = {
         "seed": [list(p) for p in record.get("seed_history", [[0, values["seed"]]])],
@@ -190,7 +190,7 @@ def recorded_values(record: dict, values: dict) -> dict[str, list[list]]:
     for option, (key, earlier) in LEGACY_CHANGES.items():
         value, since = values.get(option), record.get(key, 0)
         history[option] = [[0, earlier]] if value is None else [[0, earlier], [since, value]] if since else [[0, value]]
-    return history | {option: [[0, value]] for option, value in LATER_OPTIONS.items()}
+    return history | later
 
 
 def export_values(meta: dict) -> dict[str, list[list]]:
