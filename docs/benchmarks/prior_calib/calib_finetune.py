@@ -46,7 +46,7 @@ import train_builtin_prior as script  # noqa: E402
 from dreamnfsd.data.primitives import COLORS, SHAPES, make_cameras, render_primitives, sample_view_angles  # noqa: E402
 from dreamnfsd.guidance.core import DEFAULT_NEGATIVE  # noqa: E402
 from dreamnfsd.guidance.priors import builtin_training as bt  # noqa: E402
-from dreamnfsd.guidance.priors.builtin import MAX_LENGTH, load_components, predict_noise  # noqa: E402
+from dreamnfsd.guidance.priors.builtin import encode_prompts, load_components, predict_noise  # noqa: E402
 
 DS = 0.01
 
@@ -93,13 +93,8 @@ def calibration_set(n: int, seed: int, edge_round: float, scale_spread: float = 
 
 def predict_three(model, noisy: torch.Tensor, t: torch.Tensor, captions: list[str], az, el) -> tuple:
     """eps(y), eps(null), eps(p_neg) of B noisy images (B, 3, 32, 32) at t (B,), in one call with the camera."""
-    tok = model.tokenizer
-
-    def ids(texts: list[str]) -> torch.Tensor:
-        return tok(texts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
-
     b = len(captions)
-    emb = model.text_encoder(torch.cat([ids(captions), ids([""] * b), ids([DEFAULT_NEGATIVE] * b)])).last_hidden_state
+    emb = encode_prompts(model, [*captions, *[""] * b, *[DEFAULT_NEGATIVE] * b])
     cams = make_cameras(torch.cat([az] * 3), torch.cat([el] * 3), 32)
     return predict_noise(model.unet, torch.cat([noisy] * 3), torch.cat([t] * 3), emb, cams).chunk(3)
 
@@ -132,11 +127,12 @@ def anchored_targets(teacher, cal: dict, seed: int, chunk: int = 64) -> dict:
         shift = torch.zeros_like(delta)
         for k, name in enumerate(SHAPES):
             sel = (cal["shape_idx"] == k) & mask
-            m = mean_pulls(delta[sel], dirs[sel], w[sel]).mean(0)  # (D,)
+            d, ws = dirs[sel], w[sel]
+            m = mean_pulls(delta[sel], d, ws).mean(0)  # (D,)
             # Gram of the directions under the pull: pull_a(delta + sum_b c_b d_b) = m_a - sum_b c_b G_ba
-            gram = torch.stack([mean_pulls(-dirs[sel][:, b], dirs[sel], w[sel]).mean(0) for b in range(dirs.shape[1])])
+            gram = torch.stack([mean_pulls(-d[:, b], d, ws).mean(0) for b in range(d.shape[1])])
             c = torch.linalg.solve(gram.T, m)
-            shift[sel] = (c.view(1, -1, 1, 1, 1) * dirs[sel]).sum(1)
+            shift[sel] = (c.view(1, -1, 1, 1, 1) * d).sum(1)
             logging.info("teacher %-8s pulls %s -> shift coefficients %s", name, m.tolist(), c.tolist())
         targets.append(delta + shift)
     return {
