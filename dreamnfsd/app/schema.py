@@ -20,6 +20,7 @@ from dreamnfsd.guidance.priors import PRIOR_KINDS
 from dreamnfsd.models.field import FIELD_KINDS
 from dreamnfsd.train.config import RunConfig
 from dreamnfsd.train.metrics_log import LOGGERS
+from dreamnfsd.train.shading import LIGHTS
 from dreamnfsd.utils.errors import UserError
 
 
@@ -211,6 +212,7 @@ CHOICES: dict[str, tuple[str, ...] | None] = {
     "renderer.normal_mode": ("finite_difference", "autograd"),
     "background.kind": ("mlp", "constant"),
     "train.on_nan": ("rollback", "abort"),
+    "train.light": LIGHTS,
     "export.threshold": None,  # "auto" or a number, checked below
 }
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

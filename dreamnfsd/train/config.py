@@ -28,8 +28,12 @@ class TrainConfig:
     albedo_ratio: float = 0.2
     textureless_ratio: float = 0.3
     ambient: float = 0.1
+    # point: DreamFusion's point light near the camera (at light_distance_range times the camera's distance);
+    # directional: a light far along the jittered camera direction, so every point is lit from one direction, as in
+    # the built-in prior's training images (a point light a few units away shades a flat face with a gradient).
+    light: str = "point"
     light_distance_range: tuple[float, float] = (0.8, 1.5)  # as a multiple of the camera distance
-    light_jitter: float = 0.3
+    light_jitter: float = 0.3  # the light's offset from the camera direction, in camera distances (std per axis)
     # Each training view's background is the background colour times a random grey in [1 - jitter, 1]: a surface
     # coloured like the background (a membrane across a hole) then shows, so the prior can object to it.
     background_jitter: float = 0.0
