@@ -407,15 +407,15 @@ def test_directional_light_lights_a_face_evenly_and_keeps_the_random_stream():
     cams = turntable_cameras(8, elevation_deg=30.0, height=8, width=8)
     face = torch.stack(torch.meshgrid(torch.linspace(-0.5, 0.5, 9), torch.linspace(-0.5, 0.5, 9), indexing="ij"), -1)
     face = F.pad(face.reshape(-1, 2), (0, 1), value=0.5)  # the top face of a unit cube, normal +z
-    gens, lambert = {}, {}
+    gens, spread = {}, {}
     for kind in ("point", "directional"):
         gens[kind] = torch.Generator().manual_seed(3)
         lights = light_positions(cams, TrainConfig(light=kind), gens[kind])  # (8, 3)
-        lambert[kind] = F.normalize(lights[:, None] - face[None], dim=-1)[..., 2]  # n . l at every point, (8, 81)
-    spread = lambda x: (x.amax(1) - x.amin(1)).mean()  # noqa: E731 - the mean over views of the range over the face
+        lambert = F.normalize(lights[:, None] - face[None], dim=-1)[..., 2]  # n . l at every point, (8, 81)
+        spread[kind] = (lambert.amax(1) - lambert.amin(1)).mean()  # the mean over views of its range over the face
     # A point light a few units away shades a flat face with a gradient; a directional one (the built-in prior's
     # training images) lights it evenly.
-    assert spread(lambert["point"]) > 0.05 and spread(lambert["directional"]) < 1e-3
+    assert spread["point"] > 0.05 and spread["directional"] < 1e-3
     assert torch.equal(gens["point"].get_state(), gens["directional"].get_state())
     still = light_positions(cams, TrainConfig(light="directional", light_jitter=0.0), torch.Generator())
     eye = cams.c2w[:, :3, 3]
