@@ -5,7 +5,8 @@ the object), at a few scales around the training size, and where each term's pul
     .venv/bin/python scripts/probe_size_pull.py [--shape cube] [--color red] [--n 256] [--prior-folder DIR]
         [--t-range 0.02 0.98] [--supersample 2] [--no-phrase-groups] [--axes z]
 
-With ``--axes z`` the scales stretch the object's height only: which proportions each term prefers.
+With ``--axes z`` the scales stretch the object's height only: which proportions each term prefers. With ``--axes n``
+they move the surface along its normals instead (a torus's tube thickness).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         "--supersample", type=int, default=SizePullConfig.supersample, help="rays per pixel side (1: pixel centres)"
     )
     parser.add_argument(
-        "--axes", default=SizePullConfig.axes, help="axes the scale acts on: xyz (size), z (height), xy (width)"
+        "--axes",
+        default=SizePullConfig.axes,
+        help="axes the scale acts on: xyz (size), z (height), xy (width); n: the surface offset along its normals",
     )
     parser.add_argument(
         "--edge-radius",
@@ -48,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.t_range[0] <= args.t_range[1] <= 1.0:
         parser.error(f"--t-range: {args.t_range} must satisfy 0 <= LO <= HI <= 1; e.g. --t-range 0.02 0.2")
-    if not args.axes or set(args.axes) - set("xyz") or len(set(args.axes)) != len(args.axes):
-        parser.error(f"--axes: {args.axes!r} must be distinct letters of x, y, z; e.g. --axes z")
+    if args.axes != "n" and (not args.axes or set(args.axes) - set("xyz") or len(set(args.axes)) != len(args.axes)):
+        parser.error(f"--axes: {args.axes!r} must be distinct letters of x, y, z, or n; e.g. --axes z")
     if not 0.0 <= args.edge_radius <= 0.2:
         parser.error(f"--edge-radius: {args.edge_radius} must be in [0, 0.2]; e.g. --edge-radius 0.04")
     if args.supersample < 1:
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     preferred = {name: preferred_scale(list(cfg.scales), [m for m, _ in rows]) for name, rows in pulls.items()}
     columns = [("term", "<22"), *((f"pull at {s:g}", ">16") for s in cfg.scales), ("preferred scale", ">16.3f")]
     rows = [[name, *(f"{m:+.1f} ± {se:.1f}" for m, se in values), preferred[name]] for name, values in pulls.items()]
-    what = "size" if cfg.axes == "xyz" else f"stretch along {cfg.axes}"
+    what = {"xyz": "size", "n": "surface offset"}.get(cfg.axes, f"stretch along {cfg.axes}")
     print(
         f"{what} pull of each guidance term on renders of a {args.color} {args.shape} ({cfg.n} views per scale, "
         f"t in {cfg.t_range[0]:g}-{cfg.t_range[1]:g} T, {cfg.supersample}x{cfg.supersample} rays a pixel"

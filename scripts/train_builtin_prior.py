@@ -24,6 +24,7 @@ os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "1000000000")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a checkout without installing the package too
 
+from dreamnfsd.data import SHAPES  # noqa: E402
 from dreamnfsd.guidance.priors.builtin_training import PriorTrainConfig, train  # noqa: E402
 from dreamnfsd.utils.errors import UserError  # noqa: E402
 
@@ -96,6 +97,33 @@ def parse_args(argv: list[str] | None = None) -> PriorTrainConfig:
         help="start from an exported prior folder's weights (model and EMA; fresh optimiser, warm-up "
         "and random streams) instead of from scratch; its recorded option history carries over",
     )
+    p.add_argument(
+        "--calib-weight",
+        type=float,
+        default=D.calib_weight,
+        help="weight of the size calibration term (0: off; needs --init-from, the prior it holds in place): a "
+        "prior whose guidance pulls a true-size cube outward grows cubes past their size in 3D runs "
+        "(dreamnfsd.guidance.priors.calibration)",
+    )
+    p.add_argument(
+        "--calib-shapes",
+        nargs="+",
+        choices=SHAPES,
+        default=D.calib_shapes.split(),
+        help="the shapes whose mean size and height pulls the calibration zeroes; the others are held at the "
+        "starting prior's predictions",
+    )
+    p.add_argument("--calib-pull-weight", type=float, default=D.calib_pull_weight, help="per-image pulls' weight")
+    p.add_argument("--calib-batch", type=int, default=D.calib_batch, help="calibration images a step")
+    p.add_argument("--calib-n", type=int, default=D.calib_n, help="calibration images")
+    p.add_argument("--calib-edge-round", type=float, default=D.calib_edge_round, help="their edges rounded up to")
+    p.add_argument("--calib-scale-spread", type=float, default=D.calib_scale_spread, help="their sizes 1 +- this")
+    p.add_argument(
+        "--calib-offset",
+        action="store_true",
+        help="also zero the pulls along the surface offset: a torus's tube thickness, which size and height "
+        "cannot change alone",
+    )
     p.add_argument("--camera-drop", type=float, default=D.camera_drop)
     p.add_argument("--caption-drop", type=float, default=D.caption_drop)
     p.add_argument("--threads", type=int, default=D.threads)
@@ -107,7 +135,8 @@ def parse_args(argv: list[str] | None = None) -> PriorTrainConfig:
         "--export-every", type=int, default=D.export_every, help="export the EMA model every N steps (0: only at end)"
     )
     p.add_argument("--log-every", type=int, default=D.log_every)
-    return PriorTrainConfig(**vars(p.parse_args(argv)))
+    args = vars(p.parse_args(argv))
+    return PriorTrainConfig(**args | {"calib_shapes": " ".join(args["calib_shapes"])})
 
 
 def main(argv: list[str] | None = None) -> int:

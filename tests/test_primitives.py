@@ -119,3 +119,26 @@ def test_edge_rounding_in_the_dataset_changes_only_the_edged_shapes():
     assert not changed[~edged].any() and changed[edged].float().mean() > 0.8
     # Rounding only takes area away (the rounded solid lies inside the sharp one).
     assert (rounded["mask"].float().sum((1, 2, 3)) <= plain["mask"].float().sum((1, 2, 3)) + 1e-3).all()
+
+
+def test_an_offset_moves_the_surface_along_its_normals_by_the_exact_amount():
+    delta = torch.tensor(0.03)
+    # Points on the true surface sit delta inside the offset one, for every shape; at scale 2 the offset doubles.
+    on_surface = {
+        "sphere": [[0.6, 0, 0]],
+        "cube": [[0.5, 0, 0], [0.5, 0.5, 0.5]],
+        "cylinder": [[0.45, 0, 0], [0, 0, 0.55]],
+        "torus": [[0.74, 0, 0], [0.52, 0, 0.22], [0.30, 0, 0]],
+    }
+    for shape, points in on_surface.items():
+        p = torch.tensor(points)
+        assert torch.allclose(primitive_sdf(shape, p, offset=delta), -delta.expand(len(p)), atol=1e-6), shape
+        assert torch.allclose(primitive_sdf(shape, 2 * p, 2.0, offset=delta), -2 * delta.expand(len(p)), atol=1e-6)
+    # A torus's tube thickens: its silhouette from above grows, the hole shrinks.
+    az, el = torch.zeros(2), torch.full((2,), math.radians(45.0))
+    one = torch.ones(2)
+    base, thick = (
+        render_primitives(["torus"] * 2, ["red"] * 2, az, el, scale=one, offset=d, generator=torch.Generator())
+        for d in (None, delta)
+    )
+    assert (thick["mask"] >= base["mask"] - 1e-6).all() and thick["mask"].sum() > base["mask"].sum() * 1.05

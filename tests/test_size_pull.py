@@ -62,7 +62,7 @@ def test_the_script_takes_a_t_band_and_pixel_centre_rays(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--t-range", ["0.6", "0.2"]), ("--supersample", ["0"]), ("--axes", ["zw"])]
+    ("flag", "value"), [("--t-range", ["0.6", "0.2"]), ("--supersample", ["0"]), ("--axes", ["zw"]), ("--axes", ["nz"])]
 )
 def test_the_script_refuses_a_bad_band_or_ray_count_naming_the_flag(tmp_path, flag, value):
     out = tmp_path / "never.json"
@@ -83,3 +83,12 @@ def test_the_shipped_prior_knows_a_cylinders_height():
     cfg = SizePullConfig(shape="cylinder", color="blue", scales=(0.9, 1.1), n=32, phrase_groups=False, axes="z")
     (short, short_se), (tall, tall_se) = size_pull(prior, cfg)["unconditional"]
     assert short > 3 * short_se and tall < -3 * tall_se, (short, tall)
+
+
+def test_the_shipped_prior_knows_a_torus_tube():
+    """--axes n: the unconditional denoiser pulls a torus whose tube is 0.05 thin thicker, and a 0.05 thick one
+    thinner (the offset direction a calibration can hold besides size and height)."""
+    prior = load_prior(PriorConfig(kind="builtin"))
+    cfg = SizePullConfig(shape="torus", color="purple", scales=(0.9, 1.1), n=32, phrase_groups=False, axes="n")
+    (thin, thin_se), (thick, thick_se) = size_pull(prior, cfg)["unconditional"]
+    assert thin > 3 * thin_se and thick < -3 * thick_se, (thin, thick)

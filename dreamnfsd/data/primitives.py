@@ -98,6 +98,7 @@ def primitive_sdf(
     scale: float | Tensor = 1.0,
     stretch: Tensor | None = None,
     rounding: Tensor | None = None,
+    offset: Tensor | None = None,
 ) -> Tensor:
     """Signed distance of the canonical primitive ``shape`` scaled by ``scale``.
 
@@ -107,6 +108,9 @@ def primitive_sdf(
             then a lower bound of the distance (exact along the least-stretched axis), still safe to sphere-trace.
         rounding: optional radius, broadcastable to points[..., 0], by which the edges of a cube, cylinder or cone
             are rounded (before scaling; faces stay where they were). Spheres and tori have no edges and ignore it.
+        offset: optional distance, broadcastable to points[..., 0], by which the surface moves outward along its
+            normals (before scaling): a torus's tube thickens, a cube's faces move out and its edges round. A probe
+            of the one change a uniform scale and a stretch cannot make; the training data never offsets.
     Returns:
         (...) signed distances, negative inside.
     """
@@ -114,10 +118,11 @@ def primitive_sdf(
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
     s = torch.as_tensor(scale, dtype=points.dtype)
     rho = 0.0 if rounding is None else rounding.to(points.dtype)
+    delta = 0.0 if offset is None else offset.to(points.dtype)
     if stretch is None:
-        return _SDFS[shape](points / s[..., None], rho) * s
+        return (_SDFS[shape](points / s[..., None], rho) - delta) * s
     a = stretch.to(points.dtype)
-    return _SDFS[shape](points / (s[..., None] * a), rho) * s * a.amin(-1)
+    return (_SDFS[shape](points / (s[..., None] * a), rho) - delta) * s * a.amin(-1)
 
 
 def primitive_occupancy(shape: str, points: Tensor, scale: float | Tensor = 1.0) -> Tensor:
@@ -146,8 +151,10 @@ def _trace(
     iters: int,
     stretch: Tensor | None = None,
     rounding: Tensor | None = None,
+    offset: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Sphere-trace rays (B, R, 3) against per-image primitives (stretch: None or (B, 3); rounding: None or (B,)).
+    """Sphere-trace rays (B, R, 3) against per-image primitives (stretch: None or (B, 3); rounding, offset: None or
+    (B,)).
     Returns hit points (B, R, 3) and hit mask (B, R)."""
     # Start on the bounding sphere (camera distance is fixed, so rays start near the front of it).
     b_dot = (origins * dirs).sum(-1)
@@ -161,8 +168,9 @@ def _trace(
         o, d, tk, s = origins[sel], dirs[sel], t[sel], scale[sel][:, None]
         a = None if stretch is None else stretch[sel][:, None]
         r = None if rounding is None else rounding[sel][:, None]
+        off = None if offset is None else offset[sel][:, None]
         for _ in range(iters):
-            dk = primitive_sdf(name, o + tk[..., None] * d, s, a, r)
+            dk = primitive_sdf(name, o + tk[..., None] * d, s, a, r, off)
             tk = tk + 0.95 * dk  # slight under-relaxation keeps the (bound-only) cone SDF safe
         t[sel], dist[sel] = tk, dk
     hit = (dist.abs() < 2e-3) & (disc > 0)
@@ -176,6 +184,7 @@ def _normals(
     eps: float = 1e-3,
     stretch: Tensor | None = None,
     rounding: Tensor | None = None,
+    offset: Tensor | None = None,
 ) -> Tensor:
     """Central-difference SDF gradients at points (B, R, 3), normalised."""
     offsets = torch.eye(3) * eps
@@ -187,7 +196,8 @@ def _normals(
         p, s = points[sel], scale[sel][:, None]
         a = None if stretch is None else stretch[sel][:, None]
         r = None if rounding is None else rounding[sel][:, None]
-        grads = [primitive_sdf(name, p + o, s, a, r) - primitive_sdf(name, p - o, s, a, r) for o in offsets]
+        off = None if offset is None else offset[sel][:, None]
+        grads = [primitive_sdf(name, p + o, s, a, r, off) - primitive_sdf(name, p - o, s, a, r, off) for o in offsets]
         n[sel] = torch.stack(grads, dim=-1)
     return F.normalize(n, dim=-1)
 
@@ -206,6 +216,7 @@ def render_primitives(
     scale: Tensor | None = None,
     stretch: Tensor | None = None,
     rounding: Tensor | None = None,
+    offset: Tensor | None = None,
 ) -> dict:
     """Render B single-primitive images on white.
 
@@ -217,6 +228,7 @@ def render_primitives(
         stretch: optional (3,) or (B, 3) factors along the canonical x, y, z on top of the scale (a probe of
             proportions: (1, 1, 1.05) is 5% taller); the training data never stretches.
         rounding: optional (B,) radii by which cube, cylinder and cone edges are rounded (see primitive_sdf).
+        offset: optional (B,) distances by which each surface moves outward (see primitive_sdf).
     Returns:
         dict with rgb (B, 3, H, W) in [0, 1], mask (B, 1, H, W) pixel coverage in [0, 1], normal (B, 3, H, W) and
         depth (B, 1, H, W) (distance from the camera; both 0 where no ray hits, averaged over the supersamples, so
@@ -233,8 +245,9 @@ def render_primitives(
     origins, dirs = origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3)
     stretch = None if stretch is None else stretch.float().expand(b, 3)
     rounding = None if rounding is None else rounding.float().expand(b)
-    points, hit = _trace(shape_idx, scale, origins, dirs, iters, stretch, rounding)
-    normals = _normals(shape_idx, scale, points, stretch=stretch, rounding=rounding)
+    offset = None if offset is None else offset.float().expand(b)
+    points, hit = _trace(shape_idx, scale, origins, dirs, iters, stretch, rounding, offset)
+    normals = _normals(shape_idx, scale, points, stretch=stretch, rounding=rounding, offset=offset)
     # A light near the camera, nudged randomly, so shading varies but front faces stay lit.
     light = F.normalize(cam_hi.c2w[:, :3, 3] + light_jitter * DISTANCE * torch.randn(b, 3, generator=generator), dim=-1)
     lambert = (normals * light[:, None]).sum(-1).clamp(min=0)

@@ -5,7 +5,9 @@ image; to first order that moves the size by ``-<w(t) g, dI/ds>``: the *size pul
 would grow the object. Where a term's pull crosses zero is the size it prefers. The unconditional denoiser of a prior
 trained on scale-1 images should prefer 1; NFSD's delta_C and delta_D (and SDS, dominated by its large-scale
 delta_C) may not, and a 3D run inherits what they prefer. With ``axes`` short of "xyz" the scale stretches the
-object along those axes only (``axes="z"``: its height), which probes proportions instead of size. Common random
+object along those axes only (``axes="z"``: its height), which probes proportions instead of size; ``axes="n"``
+moves the surface outward along its normals by (s - 1) * OFFSET_UNIT instead (a torus's tube thickens, a cube's faces
+move as under the scale s and its edges round). Common random
 numbers (the same cameras, lights, t and noise at every scale) keep the differences between scales far less noisy
 than each value.
 """
@@ -31,6 +33,8 @@ from dreamnfsd.guidance.nfsd import nfsd_direction
 from dreamnfsd.guidance.priors.base import Prior
 from dreamnfsd.guidance.sds import sds_direction
 
+OFFSET_UNIT = 0.5  # canonical units of surface offset per unit of s with axes="n": a cube's half-size
+
 
 @dataclass
 class SizePullConfig:
@@ -39,7 +43,7 @@ class SizePullConfig:
     scales: tuple[float, ...] = (0.94, 0.97, 1.0, 1.03, 1.06)
     n: int = 256  # images (camera, light, t, noise) per scale
     ds: float = 0.01  # central difference of I(s)
-    axes: str = "xyz"  # the axes the scale acts on: "xyz" resizes, "z" changes only the height
+    axes: str = "xyz"  # the axes the scale acts on: "xyz" resizes, "z" changes only the height, "n" offsets
     t_range: tuple[float, float] = GuidanceConfig.t_range  # fractions of T, drawn as the guidance draws them
     nfsd_t_threshold: int = 200
     phrase_groups: bool = True  # also delta_D with p_neg = one degradation's phrases at a time
@@ -90,8 +94,9 @@ def size_pull(prior: Prior, cfg: SizePullConfig) -> dict[str, list[tuple[float, 
 
     def image(scale: float) -> Tensor:
         light = torch.Generator().manual_seed(cfg.seed + 1)  # the same lights at every scale
-        if cfg.axes == "xyz":
-            size, stretch = torch.tensor(scale), None
+        offset = torch.tensor((scale - 1) * OFFSET_UNIT) if cfg.axes == "n" else None
+        if cfg.axes in ("xyz", "n"):
+            size, stretch = torch.tensor(scale if offset is None else 1.0), None
         else:
             size, stretch = torch.tensor(1.0), torch.tensor([scale if a in cfg.axes else 1.0 for a in "xyz"])
         views = render_primitives(
@@ -104,6 +109,7 @@ def size_pull(prior: Prior, cfg: SizePullConfig) -> dict[str, list[tuple[float, 
             scale=size,
             stretch=stretch,
             rounding=torch.tensor(cfg.edge_radius) if cfg.edge_radius else None,
+            offset=offset,
             generator=light,
         )
         return prior.to_model_space(views["rgb"].to(prior.device)).cpu()

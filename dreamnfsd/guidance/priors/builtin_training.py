@@ -31,6 +31,7 @@ from torch import Tensor
 
 from dreamnfsd.cameras import CameraBatch
 from dreamnfsd.data import SCALE_JITTER, SHAPES, make_cameras, make_dataset
+from dreamnfsd.guidance.priors import calibration
 from dreamnfsd.guidance.priors.builtin import (
     DEFAULT_DIR,
     MAX_LENGTH,
@@ -72,6 +73,17 @@ class PriorTrainConfig:
     scale_jitter: float = SCALE_JITTER  # objects drawn at 1 +- this size
     edge_round: float = 0.0  # cube, cylinder and cone edges rounded by a radius uniform in [0, this]
     init_from: Path | None = None  # start from an exported prior folder's weights, with a fresh optimiser
+    # The size calibration (dreamnfsd.guidance.priors.calibration): its term's weight (0: off), the shapes whose mean
+    # size and height pulls it zeroes (space-separated; the rest are held at the teacher's predictions), the weight of
+    # the per-image pulls in it, images per step, calibration images, their edge rounding and size spread.
+    calib_weight: float = 0.0
+    calib_shapes: str = " ".join(SHAPES)
+    calib_pull_weight: float = 1.0
+    calib_batch: int = 20
+    calib_n: int = 1500
+    calib_edge_round: float = 0.04
+    calib_scale_spread: float = 0.06
+    calib_offset: bool = False  # also zero the pulls along the surface offset (a torus's tube thickness)
     camera_drop: float = 0.1  # fraction of images trained without camera (the text-only input)
     caption_drop: float = 0.1  # fraction of images trained with the empty caption (classifier-free guidance)
     threads: int = 2
@@ -91,8 +103,14 @@ LEGACY_CHANGES = {
     "x0_weight_cap": ("x0_weight_from_step", 0),
     "scale_jitter": ("scale_jitter_from_step", SCALE_JITTER),
 }
+CALIB_OPTIONS = ("weight", "shapes", "pull_weight", "batch", "n", "edge_round", "scale_spread", "offset")
 # Options added after the [step, value] history: records without them had the value here from step 0.
-LATER_OPTIONS = {"edge_round": 0.0, "warmup": 300, "n_data": 50_000}
+LATER_OPTIONS = {
+    "edge_round": 0.0,
+    "warmup": 300,
+    "n_data": 50_000,
+    **{f"calib_{k}": getattr(PriorTrainConfig, f"calib_{k}") for k in CALIB_OPTIONS},
+}
 STAGE_OPTIONS = ("seed", "lr", "ema", *LEGACY_CHANGES, *LATER_OPTIONS)
 
 
@@ -123,6 +141,7 @@ class TrainState:
     history: OptionHistory
     step: int = 0
     loss_avg: float = math.nan
+    calib_generator: torch.Generator | None = None  # draws the calibration images of each step
 
 
 # --- parameters and state -------------------------------------------------------------------------------------------
@@ -290,6 +309,9 @@ def resume_state(cfg: PriorTrainConfig, ck: dict) -> TrainState:
             state.optimizer.add_param_group(group)
         state.optimizer.load_state_dict(ck["opt"])
     state.generator.set_state(ck["generator"])
+    if ck.get("calib_generator") is not None:
+        state.calib_generator = torch.Generator()
+        state.calib_generator.set_state(ck["calib_generator"])
     torch.set_rng_state(ck["torch_rng"])
     state.step, state.loss_avg = ck["step"], ck["loss_avg"]
     state.history = resumed_history(cfg, ck, adding_pose)
@@ -317,6 +339,7 @@ def save_checkpoint(cfg: PriorTrainConfig, state: TrainState) -> None:
         "torch_rng": torch.get_rng_state(),
         "step": state.step,
         "loss_avg": state.loss_avg,
+        "calib_generator": None if state.calib_generator is None else state.calib_generator.get_state(),
         "args": config_record(cfg),
         **dataclasses.asdict(state.history),
     }
@@ -360,6 +383,61 @@ def load_data(cfg: PriorTrainConfig, tokenizer) -> dict:
     ).input_ids
     data["empty_ids"] = tokenizer([""], padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
     return data
+
+
+def calibration_key(cfg: PriorTrainConfig) -> dict:
+    """What a stage's calibration targets depend on besides the teacher: the seed and the calibration options."""
+    return {"seed": cfg.seed, **{f"calib_{k}": getattr(cfg, f"calib_{k}") for k in CALIB_OPTIONS}}
+
+
+def check_calibration(cfg: PriorTrainConfig, resuming: bool) -> None:
+    """Raise :class:`UserError` naming the option where the calibration options cannot run."""
+    unknown = sorted(set(cfg.calib_shapes.split()) - set(SHAPES))
+    if unknown or not cfg.calib_shapes.split():
+        raise UserError(f"--calib-shapes: {cfg.calib_shapes!r} must name shapes of {' '.join(SHAPES)}")
+    if cfg.calib_batch < len(SHAPES) or cfg.calib_n < len(SHAPES) * (cfg.calib_batch // len(SHAPES)):
+        raise UserError(
+            f"--calib-batch {cfg.calib_batch} / --calib-n {cfg.calib_n}: each step draws batch // {len(SHAPES)} "
+            f"images of every shape from n // {len(SHAPES)}; e.g. --calib-batch 20 --calib-n 1500"
+        )
+    if cfg.calib_weight and cfg.init_from is None and not resuming:
+        raise UserError(
+            "--calib-weight: the calibration holds the starting prior's predictions in place; pass --init-from "
+            "FOLDER (the export it starts from), or --resume a calibrated stage"
+        )
+
+
+def calibration_path(cfg: PriorTrainConfig) -> Path:
+    return cfg.work_dir / f"prior_calib_seed{cfg.seed}.pt"
+
+
+def load_calibration(cfg: PriorTrainConfig, state: TrainState, resuming: bool) -> dict | None:
+    """The calibration images and anchored targets of a stage with ``cfg.calib_weight`` (None without). A stage
+    that starts from ``cfg.init_from`` computes them from that export (the teacher) and keeps them in the work folder;
+    a resumed stage loads them from there."""
+    if not cfg.calib_weight:
+        return None
+    path = calibration_path(cfg)
+    if resuming:
+        saved = torch.load(path, weights_only=False) if path.exists() else None
+        if saved is None or saved["key"] != calibration_key(cfg):
+            raise UserError(
+                f"--resume: {path} is missing or was made with other --calib-* options or --seed; resume with the "
+                "stage's options, or start the stage again with --init-from"
+            )
+        return saved["cal"]
+    assert cfg.init_from is not None  # check_calibration
+    t0 = time.time()
+    cal = calibration.calibration_set(
+        cfg.calib_n, cfg.seed + 5000, cfg.calib_edge_round, cfg.calib_scale_spread, cfg.calib_offset
+    )
+    teacher = load_components(cfg.init_from)
+    cal.update(calibration.anchored_targets(teacher, cal, cfg.seed + 7000, tuple(cfg.calib_shapes.split())))
+    log.info("calibration targets of %d images from %s in %.0fs", cfg.calib_n, cfg.init_from, time.time() - t0)
+    with atomic_output(path) as tmp:
+        torch.save({"key": calibration_key(cfg), "cal": cal}, tmp)
+    state.calib_generator = torch.Generator().manual_seed(cfg.seed + 6000)
+    return cal
 
 
 def sampling_weights(shape_idx: Tensor, cube_weight: float) -> Tensor:
@@ -421,8 +499,9 @@ def learning_rate(cfg: PriorTrainConfig, step: int, warmup_from: int) -> float:
     return cfg.lr * min(1.0, (step - warmup_from + 1) / cfg.warmup)
 
 
-def train_step(cfg: PriorTrainConfig, state: TrainState, data: dict, weights: Tensor) -> float:
-    """One optimiser step and EMA update on a fresh batch; returns the learning rate used."""
+def train_step(cfg: PriorTrainConfig, state: TrainState, data: dict, weights: Tensor, cal: dict | None = None) -> float:
+    """One optimiser step and EMA update on a fresh batch (and, with ``cal``, the calibration term on calibration
+    images drawn by ``state.calib_generator``); returns the learning rate used."""
     model, g = state.model, state.generator
     lr = learning_rate(cfg, state.step, state.history.warmup_from_step)
     for group in state.optimizer.param_groups:
@@ -432,6 +511,10 @@ def train_step(cfg: PriorTrainConfig, state: TrainState, data: dict, weights: Te
     noise = torch.randn(x0.shape, generator=g)
     t = torch.randint(model.scheduler.config.num_train_timesteps, (cfg.batch,), generator=g)
     loss = diffusion_loss(model, x0, ids, camera, keep_cam, noise, t, cfg)
+    if cal is not None:
+        assert state.calib_generator is not None  # set with the calibration
+        idx = calibration.draw(cal, cfg.calib_batch, state.calib_generator)
+        loss = loss + cfg.calib_weight * calibration.anchor_loss(model, cal, idx, cfg.calib_pull_weight)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = prior_parameters(model)
@@ -480,6 +563,8 @@ def train(cfg: PriorTrainConfig) -> TrainState:
     start = time.time()
     torch.set_num_threads(cfg.threads)
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    resuming = cfg.resume and checkpoint_path(cfg).exists()
+    check_calibration(cfg, resuming)
     state = load_or_start(cfg)
     if cfg.steps <= state.step:
         export(cfg, state)
@@ -488,6 +573,7 @@ def train(cfg: PriorTrainConfig) -> TrainState:
 
     data = load_data(cfg, state.model.tokenizer)
     weights = sampling_weights(data["shape_idx"], cfg.cube_weight)
+    cal = load_calibration(cfg, state, resuming)
     n_params = sum(p.numel() for p in prior_parameters(state.model))
     log.info("training %.2fM params on %d images, from step %d", n_params / 1e6, data["rgb"].shape[0], state.step)
     state.model.unet.train()
@@ -498,7 +584,7 @@ def train(cfg: PriorTrainConfig) -> TrainState:
         if state.step == 0:
             csv.write("step,loss,lr,elapsed_s,steps_per_s\n")
         while state.step < cfg.steps and (time.time() - start) / 60 < cfg.max_minutes and not stop.is_set():
-            lr = train_step(cfg, state, data, weights)
+            lr = train_step(cfg, state, data, weights, cal)
             step = state.step
             if step % cfg.log_every == 0:
                 rate = (step - step_log) / (time.time() - t_log)
@@ -594,7 +680,7 @@ on a white background. Pixel space (no VAE), 32x32 RGB in [-1, 1], epsilon predi
 - Cube images drawn with weight {changes(values["cube_weight"])} (1: uniform): the cube carries the azimuth signal.
 - Object size: the canonical primitive's times 1 ± jitter, jitter {changes(values["scale_jitter"])}.
 - Edges of cubes, cylinders and cones rounded by a radius uniform in [0, r] (faces in place),
-  r {changes(values["edge_round"])}.{init_note(meta)}
+  r {changes(values["edge_round"])}.{calibration_note(meta, values)}{init_note(meta)}
 
 Reproduce (each option above took its value at its step, so one command per stage; a stage may be stopped and
 resumed at any step, since the checkpoint holds the optimiser and random states):
@@ -612,6 +698,29 @@ def changes(pairs: list[list]) -> str:
     return ", ".join(f"{value} from step {step}" for step, value in pairs)
 
 
+def calibration_note(meta: dict, values: dict[str, list[list]]) -> str:
+    """The model card's line on the size calibration: each span of steps it ran in, with its options."""
+    calib = {k: values[f"calib_{k}"] for k in CALIB_OPTIONS}
+    starts = sorted({s for pairs in calib.values() for s, _ in pairs})
+    spans = []
+    for start, end in zip(starts, [*starts[1:], meta["train_steps"]]):
+        v = {k: value_at(pairs, start) for k, pairs in calib.items()}
+        if v["weight"]:
+            spans.append(
+                f"steps {start + 1}-{end}: weight {v['weight']}, shapes {v['shapes']},"
+                f"{' the surface offset too,' if v['offset'] else ''} per-image pull weight "
+                f"{v['pull_weight']}, {v['batch']} of {v['n']} calibration images a step, edges rounded up to "
+                f"{v['edge_round']}, sizes 1 ± {v['scale_spread']}"
+            )
+    if not spans:
+        return ""
+    return (
+        "\n- Size calibration (`dreamnfsd.guidance.priors.calibration`): the starting export's predictions held in "
+        "place except\n  for delta_C's and delta_D's mean size and height pulls on true renders, zeroed for the "
+        f"shapes named; {'; '.join(spans)}."
+    )
+
+
 def init_note(meta: dict) -> str:
     inits = init_steps(meta)
     if not inits:
@@ -622,6 +731,11 @@ def init_note(meta: dict) -> str:
         f"\n- Continued from exported weights with a fresh optimiser ({spans}; those training checkpoints were "
         "not kept), so the chain below restarts there with `--init-from`."
     )
+
+
+def flag_text(flag: str, value) -> str:
+    """An option as the command line takes it: a switch alone when on (off is its default, left out)."""
+    return flag if value is True else f"{flag} {value}"
 
 
 def reproduce_commands(meta: dict, values: dict[str, list[list]]) -> str:
@@ -637,6 +751,7 @@ def reproduce_commands(meta: dict, values: dict[str, list[list]]) -> str:
         "--ema": values["ema"],
         "--n-data": values["n_data"],
         "--warmup": values["warmup"],
+        **{f"--calib-{k.replace('_', '-')}": values[f"calib_{k}"] for k in CALIB_OPTIONS},
     }
     defaults = {
         "--scale-jitter": SCALE_JITTER,
@@ -649,7 +764,7 @@ def reproduce_commands(meta: dict, values: dict[str, list[list]]) -> str:
     stops = sorted({s for s in changed | set(inits) if s > 0} | {meta["train_steps"]})
     lines, start = [], 0
     for stop in stops:
-        opts = [f"{flag} {value_at(pairs, start)}" for flag, pairs in options.items()]
+        opts = [flag_text(flag, value_at(pairs, start)) for flag, pairs in options.items()]
         opts = [o for o in opts if o not in left_out]
         since = [s for s in inits if s <= start]  # the restart this stage's work dir belongs to
         if start == 0:
