@@ -104,6 +104,7 @@ LEGACY_CHANGES = {
     "scale_jitter": ("scale_jitter_from_step", SCALE_JITTER),
 }
 CALIB_OPTIONS = ("weight", "shapes", "pull_weight", "batch", "n", "edge_round", "scale_spread", "offset")
+CALIB_TARGET_OPTIONS = ("calib_shapes", "calib_n", "calib_edge_round", "calib_scale_spread", "calib_offset")
 # Options added after the [step, value] history: records without them had the value here from step 0.
 LATER_OPTIONS = {
     "edge_round": 0.0,
@@ -386,8 +387,8 @@ def load_data(cfg: PriorTrainConfig, tokenizer) -> dict:
 
 
 def calibration_key(cfg: PriorTrainConfig) -> dict:
-    """What a stage's calibration targets depend on besides the teacher: the seed and the calibration options."""
-    return {"seed": cfg.seed, **{f"calib_{k}": getattr(cfg, f"calib_{k}") for k in CALIB_OPTIONS}}
+    """What a stage's calibration images and targets depend on besides the teacher (its weights may change)."""
+    return {"seed": cfg.seed, **{k: getattr(cfg, k) for k in CALIB_TARGET_OPTIONS}}
 
 
 def check_calibration(cfg: PriorTrainConfig, resuming: bool) -> None:
@@ -422,8 +423,9 @@ def load_calibration(cfg: PriorTrainConfig, state: TrainState, resuming: bool) -
         saved = torch.load(path, weights_only=False) if path.exists() else None
         if saved is None or saved["key"] != calibration_key(cfg):
             raise UserError(
-                f"--resume: {path} is missing or was made with other --calib-* options or --seed; resume with the "
-                "stage's options, or start the stage again with --init-from"
+                f"--resume: {path} is missing or was made with another --seed or other calibration images or shapes "
+                "(--calib-shapes, --calib-n, --calib-edge-round, --calib-scale-spread, --calib-offset); resume with "
+                "the stage's, or start the stage again with --init-from"
             )
         return saved["cal"]
     assert cfg.init_from is not None  # check_calibration
