@@ -105,25 +105,13 @@ def parse_args(argv: list[str] | None = None) -> PriorTrainConfig:
         "prior whose guidance pulls a true-size cube outward grows cubes past their size in 3D runs "
         "(dreamnfsd.guidance.priors.calibration)",
     )
-    p.add_argument(
-        "--calib-shapes",
-        nargs="+",
-        choices=SHAPES,
-        default=D.calib_shapes.split(),
-        help="the shapes whose mean size and height pulls the calibration zeroes; the others are held at the "
-        "starting prior's predictions",
-    )
+    p.add_argument("--calib-shapes", nargs="+", choices=SHAPES, default=SHAPES, help="shapes zeroed (rest held)")
     p.add_argument("--calib-pull-weight", type=float, default=D.calib_pull_weight, help="per-image pulls' weight")
     p.add_argument("--calib-batch", type=int, default=D.calib_batch, help="calibration images a step")
     p.add_argument("--calib-n", type=int, default=D.calib_n, help="calibration images")
     p.add_argument("--calib-edge-round", type=float, default=D.calib_edge_round, help="their edges rounded up to")
     p.add_argument("--calib-scale-spread", type=float, default=D.calib_scale_spread, help="their sizes 1 +- this")
-    p.add_argument(
-        "--calib-offset",
-        action="store_true",
-        help="also zero the pulls along the surface offset: a torus's tube thickness, which size and height "
-        "cannot change alone",
-    )
+    p.add_argument("--calib-offset", action="store_true", help="a third direction: the surface offset (tube)")
     p.add_argument("--camera-drop", type=float, default=D.camera_drop)
     p.add_argument("--caption-drop", type=float, default=D.caption_drop)
     p.add_argument("--threads", type=int, default=D.threads)

@@ -41,6 +41,7 @@ DEGRADATIONS: dict[str, tuple[str, ...]] = {
 DISTANCE, FOV_DEG = 3.0, 40.0
 SCALE_JITTER = 0.1  # training images draw each primitive at 1 ± this size
 BOUND = 1.0  # every primitive (with scale jitter) lies inside this radius
+OFFSET_UNIT = 0.5  # surface offset per unit of a probe's relative change (a cube's half-size: its faces move as scaled)
 
 
 def _box(p: Tensor, half: float | Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dreamnfsd.data.primitives import DEGRADATIONS, make_cameras, render_primitives, sample_view_angles
+from dreamnfsd.data.primitives import DEGRADATIONS, OFFSET_UNIT, make_cameras, render_primitives, sample_view_angles
 from dreamnfsd.guidance.core import (
     DEFAULT_NEGATIVE,
     DEFAULT_SCALE,
@@ -32,8 +32,6 @@ from dreamnfsd.guidance.core import (
 from dreamnfsd.guidance.nfsd import nfsd_direction
 from dreamnfsd.guidance.priors.base import Prior
 from dreamnfsd.guidance.sds import sds_direction
-
-OFFSET_UNIT = 0.5  # canonical units of surface offset per unit of s with axes="n": a cube's half-size
 
 
 @dataclass

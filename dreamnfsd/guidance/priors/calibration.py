@@ -23,8 +23,7 @@ import logging
 import torch
 from torch import Tensor
 
-from dreamnfsd.data.primitives import COLORS, SHAPES, make_cameras, render_primitives, sample_view_angles
-from dreamnfsd.eval.size_pull import OFFSET_UNIT
+from dreamnfsd.data.primitives import COLORS, OFFSET_UNIT, SHAPES, make_cameras, render_primitives, sample_view_angles
 from dreamnfsd.guidance.core import DEFAULT_NEGATIVE
 from dreamnfsd.guidance.priors.builtin import PriorComponents, encode_prompts, predict_noise
 
