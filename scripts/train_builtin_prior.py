@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> PriorTrainConfig:
     p.add_argument("--calib-n", type=int, default=D.calib_n, help="calibration images")
     p.add_argument("--calib-edge-round", type=float, default=D.calib_edge_round, help="their edges rounded up to")
     p.add_argument("--calib-scale-spread", type=float, default=D.calib_scale_spread, help="their sizes 1 +- this")
-    p.add_argument("--calib-offset", action="store_true", help="a third direction: the surface offset (tube)")
+    p.add_argument("--calib-offset", nargs="*", choices=SHAPES, help="also the surface offset, of these (all) shapes")
     p.add_argument("--camera-drop", type=float, default=D.camera_drop)
     p.add_argument("--caption-drop", type=float, default=D.caption_drop)
     p.add_argument("--threads", type=int, default=D.threads)
@@ -124,7 +124,8 @@ def parse_args(argv: list[str] | None = None) -> PriorTrainConfig:
     )
     p.add_argument("--log-every", type=int, default=D.log_every)
     args = vars(p.parse_args(argv))
-    return PriorTrainConfig(**args | {"calib_shapes": " ".join(args["calib_shapes"])})
+    offset = SHAPES if args["calib_offset"] == [] else args["calib_offset"] or ()  # the flag alone: every shape
+    return PriorTrainConfig(**args | {"calib_shapes": " ".join(args["calib_shapes"]), "calib_offset": " ".join(offset)})
 
 
 def main(argv: list[str] | None = None) -> int:

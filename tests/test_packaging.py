@@ -51,7 +51,8 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_a_job_elsewhere(tmp_path):
 
     work = tmp_path / "elsewhere"
     work.mkdir()
-    proc = _run([str(venv / "bin" / "dreamnfsd"), "prompt=a red cube", "prior=builtin", "train.steps=20"], cwd=work)
+    small = ["train.steps=20", "export.mesh_resolution=48", "export.texture_size=128", "export.video_frames=4"]
+    proc = _run([str(venv / "bin" / "dreamnfsd"), "prompt=a red cube", "prior=builtin", *small], cwd=work)
     (run_dir,) = (work / "outputs" / "a-red-cube").iterdir()
     assert str(run_dir) in proc.stdout
     for name in ("mesh.glb", "mesh.obj", "turntable.mp4", "run.json", "metrics.jsonl", "config.yaml"):

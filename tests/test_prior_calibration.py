@@ -24,8 +24,12 @@ def cal_shape(i: int) -> str:
 
 def test_anchored_targets_zero_the_chosen_shapes_mean_pulls_and_hold_the_others():
     teacher = load_components()  # the shipped prior
-    cal = calibration.calibration_set(20, seed=1, edge_round=0.04, scale_spread=0.06, offset=True)
+    cal = calibration.calibration_set(20, seed=1, edge_round=0.04, scale_spread=0.06, offset=("sphere", "torus"))
     assert cal["x"].shape == (20, 3, 32, 32) and cal["dirs"].shape == (20, 3, 3, 32, 32)
+    # The offset direction only for the shapes named: the others' is zero, so it holds nothing of theirs.
+    offset = torch.isin(cal["shape_idx"], torch.tensor([SHAPES.index("sphere"), SHAPES.index("torus")]))
+    assert torch.equal(cal["n_dirs"], 2 + offset.long())
+    assert cal["dirs"][~offset, 2].abs().max() == 0 and cal["dirs"][offset, 2].abs().amax((1, 2, 3)).min() > 0
     held = calibration.anchored_targets(teacher, cal, seed=2, shapes=())
     # The sphere's size and offset directions are one: its shift is solved in least squares, and still zeroes both.
     zeroed = calibration.anchored_targets(teacher, cal, seed=2, shapes=("cube", "sphere"))
@@ -54,7 +58,7 @@ def test_a_calibrated_stage_records_itself_and_resumes_to_the_same_bits(tmp_path
     with torch.random.fork_rng():
         train(replace(TOY, steps=2, work_dir=first, out=first / "prior"))
         stage = replace(
-            TOY, init_from=first / "prior", calib_weight=1.0, calib_shapes="cube cylinder", calib_offset=True, seed=2
+            TOY, init_from=first / "prior", calib_weight=1.0, calib_shapes="cube cylinder", calib_offset="cube", seed=2
         )
         straight, split = tmp_path / "straight", tmp_path / "split"
         train(replace(stage, steps=4, work_dir=straight, out=straight / "prior"))
@@ -66,8 +70,11 @@ def test_a_calibrated_stage_records_itself_and_resumes_to_the_same_bits(tmp_path
     for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
         assert (straight / "prior" / name).read_bytes() == (split / "prior" / name).read_bytes(), name
     card = (straight / "prior" / "README.md").read_text()
-    assert "steps 3-4: weight 1.0, shapes cube cylinder, the surface offset too, per-image pull weight 1.0" in card
-    assert "--calib-weight 1.0 --calib-shapes cube cylinder --calib-batch 5 --calib-n 10 --calib-offset\n" in card
+    assert (
+        "steps 3-4: weight 1.0, shapes cube cylinder, the surface offset too for cube, per-image pull weight 1.0"
+        in card
+    )
+    assert "--calib-weight 1.0 --calib-shapes cube cylinder --calib-batch 5 --calib-n 10 --calib-offset cube\n" in card
     meta = json.loads((straight / "prior" / "dreamnfsd_prior.json").read_text())
     assert meta["option_values"]["calib_shapes"] == [[0, " ".join(SHAPES)], [2, "cube cylinder"]]
     assert "Size calibration" not in (first / "prior" / "README.md").read_text()
@@ -85,6 +92,7 @@ def test_a_calibrated_stage_records_itself_and_resumes_to_the_same_bits(tmp_path
         ({"calib_weight": 1.0}, "--calib-weight"),  # no --init-from: nothing to hold in place
         ({"calib_weight": 1.0, "calib_shapes": "cube cubes"}, "--calib-shapes"),
         ({"calib_weight": 1.0, "calib_batch": 3}, "--calib-batch"),
+        ({"calib_weight": 1.0, "calib_shapes": "cube", "calib_offset": "torus"}, "--calib-offset"),
     ],
 )
 def test_calibration_options_that_cannot_run_name_their_flag(tmp_path, change, flag):

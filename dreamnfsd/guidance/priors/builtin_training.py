@@ -83,7 +83,7 @@ class PriorTrainConfig:
     calib_n: int = 1500
     calib_edge_round: float = 0.04
     calib_scale_spread: float = 0.06
-    calib_offset: bool = False  # also zero the pulls along the surface offset (a torus's tube thickness)
+    calib_offset: str = ""  # shapes whose surface-offset pulls are zeroed too (a torus's tube thickness)
     camera_drop: float = 0.1  # fraction of images trained without camera (the text-only input)
     caption_drop: float = 0.1  # fraction of images trained with the empty caption (classifier-free guidance)
     threads: int = 2
@@ -396,6 +396,11 @@ def check_calibration(cfg: PriorTrainConfig, resuming: bool) -> None:
     unknown = sorted(set(cfg.calib_shapes.split()) - set(SHAPES))
     if unknown or not cfg.calib_shapes.split():
         raise UserError(f"--calib-shapes: {cfg.calib_shapes!r} must name shapes of {' '.join(SHAPES)}")
+    if set(cfg.calib_offset.split()) - set(cfg.calib_shapes.split()):
+        raise UserError(
+            f"--calib-offset: {cfg.calib_offset!r} must name shapes of --calib-shapes ({cfg.calib_shapes}), the "
+            "shapes whose pulls are zeroed"
+        )
     if cfg.calib_batch < len(SHAPES) or cfg.calib_n < len(SHAPES) * (cfg.calib_batch // len(SHAPES)):
         raise UserError(
             f"--calib-batch {cfg.calib_batch} / --calib-n {cfg.calib_n}: each step draws batch // {len(SHAPES)} "
@@ -431,7 +436,7 @@ def load_calibration(cfg: PriorTrainConfig, state: TrainState, resuming: bool) -
     assert cfg.init_from is not None  # check_calibration
     t0 = time.time()
     cal = calibration.calibration_set(
-        cfg.calib_n, cfg.seed + 5000, cfg.calib_edge_round, cfg.calib_scale_spread, cfg.calib_offset
+        cfg.calib_n, cfg.seed + 5000, cfg.calib_edge_round, cfg.calib_scale_spread, tuple(cfg.calib_offset.split())
     )
     teacher = load_components(cfg.init_from)
     cal.update(calibration.anchored_targets(teacher, cal, cfg.seed + 7000, tuple(cfg.calib_shapes.split())))
@@ -700,6 +705,13 @@ def changes(pairs: list[list]) -> str:
     return ", ".join(f"{value} from step {step}" for step, value in pairs)
 
 
+def offset_note(offset: str | bool) -> str:
+    """The card's words for a calib_offset value (records from before per-shape offsets hold a bool: all shapes)."""
+    if offset is True:
+        return " the surface offset too,"
+    return f" the surface offset too for {offset}," if offset else ""
+
+
 def calibration_note(meta: dict, values: dict[str, list[list]]) -> str:
     """The model card's line on the size calibration: each span of steps it ran in, with its options."""
     calib = {k: values[f"calib_{k}"] for k in CALIB_OPTIONS}
@@ -710,7 +722,7 @@ def calibration_note(meta: dict, values: dict[str, list[list]]) -> str:
         if v["weight"]:
             spans.append(
                 f"steps {start + 1}-{end}: weight {v['weight']}, shapes {v['shapes']},"
-                f"{' the surface offset too,' if v['offset'] else ''} per-image pull weight "
+                f"{offset_note(v['offset'])} per-image pull weight "
                 f"{v['pull_weight']}, {v['batch']} of {v['n']} calibration images a step, edges rounded up to "
                 f"{v['edge_round']}, sizes 1 ± {v['scale_spread']}"
             )

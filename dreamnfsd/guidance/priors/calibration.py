@@ -34,13 +34,14 @@ PULL_UNIT = 100.0  # pulls are reported in hundreds (delta_C's pull on a 6%-smal
 NFSD_T = 200  # NFSD's delta_D is eps(null) - eps(p_neg) from here on
 
 
-def calibration_set(n: int, seed: int, edge_round: float, scale_spread: float, offset: bool = False) -> dict:
-    """n true renders (shapes in turn) with their size and height directions, and with ``offset`` a third: the
-    surface moved along its normals (a torus's tube thickness, which size and height cannot change alone).
+def calibration_set(n: int, seed: int, edge_round: float, scale_spread: float, offset: tuple[str, ...] = ()) -> dict:
+    """n true renders (shapes in turn) with their size and height directions, and for the shapes named in
+    ``offset`` a third: the surface moved along its normals (a torus's tube thickness, which size and height cannot
+    change alone; for a cube it is the size plus rounder edges, which the cube should keep free).
 
     Returns x (n, 3, 32, 32) in [-1, 1]; dirs (n, D, 3, 32, 32), d image / d relative scale, d image / d relative
-    height (and d image / d offset, per OFFSET_UNIT); shape_idx (n,); az, el (n,) radians; captions (n strings);
-    scales (n,).
+    height (and with ``offset`` d image / d offset per OFFSET_UNIT, zero for the other shapes' images); n_dirs (n,)
+    the directions of each image (2 or 3); shape_idx (n,); az, el (n,) radians; captions (n strings); scales (n,).
     """
     g = torch.Generator().manual_seed(seed)
     shape_idx = torch.arange(n) % len(SHAPES)
@@ -69,13 +70,16 @@ def calibration_set(n: int, seed: int, edge_round: float, scale_spread: float, o
     up, down = torch.tensor([1.0, 1.0, 1 + DS]), torch.tensor([1.0, 1.0, 1 - DS])
     d_height = (render(1.0, up) - render(1.0, down)) / (2 * DS)
     dirs = [d_size, d_height]
+    has_offset = torch.tensor([SHAPES[k] in offset for k in shape_idx.tolist()])
     if offset:
         d = torch.tensor(DS * OFFSET_UNIT)
-        dirs.append((render(1.0, None, d) - render(1.0, None, -d)) / (2 * DS))
+        d_offset = (render(1.0, None, d) - render(1.0, None, -d)) / (2 * DS)
+        dirs.append(d_offset * has_offset.view(-1, 1, 1, 1))  # a zero direction has zero pull: not held
     captions = [f"a {COLORS[c]} {SHAPES[s]}" for s, c in zip(shape_idx.tolist(), color_idx.tolist())]
     return {
         "x": x,
         "dirs": torch.stack(dirs, 1),
+        "n_dirs": 2 + has_offset.long(),
         "shape_idx": shape_idx,
         "az": az,
         "el": el,
@@ -139,9 +143,10 @@ def anchored_targets(
         shift = torch.zeros_like(delta)
         for k, shape in enumerate(SHAPES):
             sel = (cal["shape_idx"] == k) & mask
+            d = dirs[sel][:, : int(cal["n_dirs"][cal["shape_idx"] == k].max())]  # this shape's directions
             if shape in shapes and sel.any():
-                shift[sel] = zeroing_shift(delta[sel], dirs[sel], w[sel])
-            log.info("teacher %s %-8s mean pulls %s", name, shape, mean_pulls(delta[sel], dirs[sel], w[sel]).mean(0))
+                shift[sel] = zeroing_shift(delta[sel], d, w[sel])
+            log.info("teacher %s %-8s mean pulls %s", name, shape, mean_pulls(delta[sel], d, w[sel]).mean(0))
         targets.append(delta + shift)
     return {
         "t": t,
@@ -170,7 +175,7 @@ def draw(cal: dict, batch: int, generator: torch.Generator) -> Tensor:
 def anchor_loss(model: PriorComponents, cal: dict, idx: Tensor, pull_weight: float) -> Tensor:
     """The calibration term (scalar) on images ``idx`` of ``cal`` (a calibration set with its anchored targets): the
     MSE of delta_C, delta_D (t >= NFSD_T) and eps(null) against the targets, plus ``pull_weight`` times the MSE of
-    each image's delta_C and delta_D pulls against its target's."""
+    each image's delta_C and delta_D pulls against its target's (averaged over the image's own directions)."""
     captions = [cal["captions"][i] for i in idx.tolist()]
     noisy, t, az, el = (cal[k][idx] for k in ("noisy", "t", "az", "el"))
     eps_y, eps_n, eps_neg = predict_three(model, noisy, t, captions, az, el)
@@ -183,8 +188,7 @@ def anchor_loss(model: PriorComponents, cal: dict, idx: Tensor, pull_weight: flo
     )
     if not pull_weight:
         return anchor
-    dirs, w = cal["dirs"][idx], cal["w"][idx]
-    pull = ((mean_pulls(delta_c, dirs, w) - cal["pull_C"][idx]) ** 2).mean() + (
-        (mean_pulls(delta_d, dirs, w) - cal["pull_D"][idx]) ** 2 * mask[:, None]
-    ).mean()
-    return anchor + pull_weight * pull
+    dirs, w, n_dirs = cal["dirs"][idx], cal["w"][idx], cal["n_dirs"][idx]
+    err_c = ((mean_pulls(delta_c, dirs, w) - cal["pull_C"][idx]) ** 2).sum(1)
+    err_d = ((mean_pulls(delta_d, dirs, w) - cal["pull_D"][idx]) ** 2).sum(1) * mask
+    return anchor + pull_weight * ((err_c + err_d) / n_dirs).mean()
