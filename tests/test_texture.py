@@ -202,6 +202,18 @@ def test_bake_refuses_a_wrong_albedo_answer():
         tex.bake_albedo(vertices, faces, uvs, lambda x: x * float("nan"), 64)
 
 
+def test_many_charts_in_a_small_texture_still_unwrap_with_narrower_gaps():
+    """120 separate square faces need 120 charts: with the default 4-texel gaps they overflow a 64^2 square (the
+    error a rough mesh at export.texture_size=128 met), so the gaps narrow instead of the export failing."""
+    boxes = [
+        trimesh.creation.box((0.05, 0.05, 0.05)).apply_translation((i % 5 * 0.1, i // 5 * 0.1, 0)) for i in range(20)
+    ]
+    mesh = trimesh.util.concatenate(boxes)
+    vmapping, faces, uvs = tex.unwrap_indexed(mesh.vertices, mesh.faces, 64)
+    assert faces.shape == mesh.faces.shape and np.all((uvs >= 0) & (uvs <= 1))
+    assert np.allclose(mesh.vertices[vmapping][faces], mesh.vertices[mesh.faces])  # the same surface
+
+
 def test_unwrap_and_bake_are_deterministic():
     mesh = trimesh.creation.icosphere(subdivisions=3)
     runs = []
