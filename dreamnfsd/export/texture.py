@@ -91,12 +91,12 @@ def unwrap_indexed(
         packed = _pack_uv_charts(charts_px, faces1, texture_size, padding, scale)
         if packed is None:
             scale *= 0.9
-            if scale * side < 1.0 and padding > 1:
+            if scale * side < 1.0:
+                if padding <= 1:
+                    raise RuntimeError(f"unwrap: the charts do not fit a {texture_size}^2 texture at any scale")
                 # Many charts in a small texture (a rough mesh at export.texture_size=128): the gaps alone overflow
                 # the square, so narrower gaps (more bleeding at small mip levels) rather than no texture.
                 padding, scale = padding // 2, texture_size / side
-            elif scale * side < 1.0:
-                raise RuntimeError(f"unwrap: the charts do not fit a {texture_size}^2 texture at any scale")
     # Then grow the scale towards the area bound (charts filling the whole square) while they still fit.
     hi = texture_size / math.sqrt(max(atlas.width * atlas.height * atlas.utilization, 1e-12))
     lo = scale
