@@ -15,4 +15,7 @@ if command -v npm >/dev/null 2>&1 && [ ! -d node_modules/playwright-core ]; then
 fi
 bash scripts/lint.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest -q "$@"
+# Two workers (pytest-xdist; TEST_WORKERS=0 runs in this process), each taking whole test files, so a module's
+# fixtures (a trained run, a sweep) are built once. Passive OpenMP waits: the workers' torch threads share 2 cores.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
