@@ -120,7 +120,7 @@ def _read_frames(path: Path):
     return np.stack(list(imageio.mimread(path, memtest=False)))
 
 
-def test_reexport_writes_beside_the_run(tmp_path, tiny_pixel_prior):
+def test_reexport_writes_beside_the_run(tmp_path, tiny_pixel_prior, capsys):
     from dreamnfsd.app.cli import export_main
 
     proc = run_cli(
@@ -128,8 +128,10 @@ def test_reexport_writes_beside_the_run(tmp_path, tiny_pixel_prior):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = _only_run_dir(tmp_path)
-    assert (
-        export_main([str(run_dir), "--mesh-resolution", "24", "--video-frames", "3", "--video-resolution", "16"]) == 0
-    )
+    flags = ["--mesh-resolution", "24", "--video-frames", "3", "--video-resolution", "16", "--texture-size", "64"]
+    assert export_main([str(run_dir), *flags]) == 0
     (out,) = list((run_dir / "exports").iterdir())
     assert (out / "mesh.ply").is_file() and _read_frames(out / "turntable.mp4").shape[0] == 3
+    assert export_main([str(run_dir), "--texture-size", "8"]) == 2  # checked as a run's override, before writing
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "export.texture_size" in err[0] and list((run_dir / "exports").iterdir()) == [out]

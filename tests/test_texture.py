@@ -214,6 +214,13 @@ def test_many_charts_in_a_small_texture_still_unwrap_with_narrower_gaps():
     assert np.allclose(mesh.vertices[vmapping][faces], mesh.vertices[mesh.faces])  # the same surface
 
 
+def test_charts_that_cannot_fit_even_1_texel_apart_are_one_line_naming_the_texture_size():
+    boxes = [trimesh.creation.box((0.05, 0.05, 0.05)).apply_translation((i * 0.1, 0, 0)) for i in range(60)]
+    mesh = trimesh.util.concatenate(boxes)  # 360 separate faces: 360 charts, too many for 16^2 texels
+    with pytest.raises(tex.TextureFitError, match=r"^export\.texture_size: the mesh's \d+ UV charts do not fit"):
+        tex.unwrap_indexed(mesh.vertices, mesh.faces, 16)
+
+
 def test_unwrap_and_bake_are_deterministic():
     mesh = trimesh.creation.icosphere(subdivisions=3)
     runs = []

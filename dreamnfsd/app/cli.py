@@ -115,6 +115,7 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", default=None, help="density iso-level, or 'auto'")
     parser.add_argument("--video-resolution", type=int, default=None)
     parser.add_argument("--video-frames", type=int, default=None)
+    parser.add_argument("--texture-size", type=int, default=None, help="texels per side of the mesh's texture")
     parser.add_argument("--no-video", action="store_true")
     parser.add_argument("--no-mesh", action="store_true")
     parser.add_argument("--device", default="auto")

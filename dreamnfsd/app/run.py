@@ -19,7 +19,7 @@ from dreamnfsd.train.coarse import checkpoint_field_kind, with_field_kind
 from dreamnfsd.train.config import RunConfig
 from dreamnfsd.train.scene import Scene, build_scene
 from dreamnfsd.train.trainer import NonFiniteTrainingError, Trainer, render_views, steps_per_second
-from dreamnfsd.utils.files import atomic_write_bytes, run_lock
+from dreamnfsd.utils.files import REEXPORT_HINT, atomic_write_bytes, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def export_outputs(scene: Scene, cfg: RunConfig, out_dir: Path) -> dict:
     message}."""
     from dreamnfsd.cameras import turntable_cameras
     from dreamnfsd.export.mesh import EmptySurfaceError, extract_mesh, level_rays
-    from dreamnfsd.export.texture import write_textured_meshes
+    from dreamnfsd.export.texture import TextureFitError, write_textured_meshes
     from dreamnfsd.export.video import (
         evenly_spaced,
         image_grid,
@@ -83,8 +83,8 @@ def export_outputs(scene: Scene, cfg: RunConfig, out_dir: Path) -> dict:
             outputs.update({name: str(path) for name, path in paths.items()})
             outputs["mesh_watertight"] = bool(mesh.is_watertight)
             outputs["mesh_volume"] = float(mesh.volume)
-        except EmptySurfaceError as e:
-            print(f"dreamnfsd: no mesh written: {e}", file=sys.stderr)
+        except (EmptySurfaceError, TextureFitError) as e:  # the videos still show the object
+            print(f"dreamnfsd: no mesh written: {e} ({REEXPORT_HINT})", file=sys.stderr)
             outputs["mesh_error"] = str(e)
     if ec.video:
         distance, fov = float(sum(cfg.camera.distance_range) / 2), float(sum(cfg.camera.fov_range) / 2)
@@ -357,6 +357,7 @@ def reexport(args) -> Path:
 
     from omegaconf import OmegaConf
 
+    from dreamnfsd.app.schema import check_ranges
     from dreamnfsd.train.checkpoint import load_checkpoint, resolve_checkpoint, run_dir_of
 
     ckpt = resolve_checkpoint(args.run)
@@ -372,9 +373,11 @@ def reexport(args) -> Path:
         ("threshold", args.threshold),
         ("video_resolution", args.video_resolution),
         ("video_frames", args.video_frames),
+        ("texture_size", args.texture_size),
     ):
         if value is not None:
             setattr(cfg.export, key, value)
+    check_ranges(cfg)  # the flags above, as a run's overrides would be
     cfg.export.mesh, cfg.export.video = not args.no_mesh, not args.no_video
     device = pick_device(args.device)
     torch.manual_seed(cfg.seed)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from dreamnfsd.export.mesh import device_of
+from dreamnfsd.utils.errors import UserError
 from dreamnfsd.utils.files import REEXPORT_HINT, atomic_output, atomic_write_bytes
 
 # Texels within this distance (in texels) of a triangle are baked from the surface. A bilinear lookup at a point
@@ -39,6 +40,10 @@ _CANDIDATES_PER_STEP = 1 << 19
 
 class TextureExportError(RuntimeError):
     """A textured file came out without its texture (or with a wrong one); never written in that state."""
+
+
+class TextureFitError(UserError):
+    """The mesh's UV charts do not fit the texture even one texel apart: the texture is too small for the mesh."""
 
 
 def default_padding(texture_size: int) -> int:
@@ -61,6 +66,8 @@ def unwrap_indexed(
     Returns:
         vmapping (V',) int64: the input vertex each output vertex copies (seams split vertices, so V' >= V);
         new_faces (F, 3) int64 into the output vertices, same face order; uvs (V', 2) float64 in [0, 1].
+    Raises:
+        TextureFitError if the charts do not fit the square even 1 texel apart (a rough mesh, a small texture).
     """
     import xatlas
 
@@ -93,7 +100,10 @@ def unwrap_indexed(
             scale *= 0.9
             if scale * side < 1.0:
                 if padding <= 1:
-                    raise RuntimeError(f"unwrap: the charts do not fit a {texture_size}^2 texture at any scale")
+                    raise TextureFitError(
+                        f"export.texture_size: the mesh's {atlas.chart_count} UV charts do not fit a {texture_size}^2"
+                        " texture even 1 texel apart; use a larger one, e.g. export.texture_size=1024"
+                    )
                 # Many charts in a small texture (a rough mesh at export.texture_size=128): the gaps alone overflow
                 # the square, so narrower gaps (more bleeding at small mip levels) rather than no texture.
                 padding, scale = padding // 2, texture_size / side
