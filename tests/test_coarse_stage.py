@@ -352,6 +352,7 @@ def test_dreamnfsd_export_rebuilds_a_coarse_stage_checkpoint_as_a_density_field(
         threshold=None,
         video_resolution=None,
         video_frames=None,
+        texture_size=None,
         no_mesh=False,
         no_video=True,
         device="cpu",
