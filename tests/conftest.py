@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -26,6 +27,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip, append=False)  # first of the skipifs: the reason shown is the CUDA one
+
+
+def _ours(handler: logging.Handler) -> bool:
+    return not type(handler).__module__.startswith("_pytest")  # pytest adds and removes its own, phase by phase
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """A command run in-process configures logging through Hydra, with handlers on that test's captured streams;
+    left in place, they write to closed files in whichever test comes next on the same worker. Each test gets back
+    the handlers, levels and flags it started with (pytest's own capture handlers are left to pytest)."""
+
+    def loggers():
+        return [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
+
+    saved = {
+        lg.name: (lg, [h for h in lg.handlers if _ours(h)], lg.level, lg.propagate, lg.disabled) for lg in loggers()
+    }
+    yield
+    for lg in loggers():
+        kept = saved.get(lg.name, (lg, [], lg.level, lg.propagate, lg.disabled))
+        lg.handlers[:] = [h for h in lg.handlers if not _ours(h)] + kept[1]
+        lg.setLevel(kept[2])
+        lg.propagate, lg.disabled = kept[3], kept[4]
 
 
 @pytest.fixture(scope="session")
