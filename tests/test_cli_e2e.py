@@ -135,3 +135,4 @@ def test_reexport_writes_beside_the_run(tmp_path, tiny_pixel_prior, capsys):
     assert export_main([str(run_dir), "--texture-size", "8"]) == 2  # checked as a run's override, before writing
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "export.texture_size" in err[0] and list((run_dir / "exports").iterdir()) == [out]
+    assert "e.g. --texture-size 1024" in err[0]  # the fix is written as the flag this command takes

@@ -9,6 +9,7 @@ A ``--multirun`` sweep is checked job by job first. ``--debug`` (or ``HYDRA_FULL
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 # Exit codes: 0 done; 1 the run failed after it started (disk full, NaN abort, a bug; its folder says why);
@@ -128,9 +129,22 @@ def export_main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        return _fail(str(e))
+        return _fail(as_export_flags(str(e)))
     print(f"dreamnfsd-export: wrote {out}")
     return 0
+
+
+EXPORT_FLAGS = ("mesh_resolution", "threshold", "video_resolution", "video_frames", "texture_size")
+
+
+def as_export_flags(message: str) -> str:
+    """dreamnfsd-export takes flags, not overrides: a fix written as ``export.texture_size=1024`` becomes
+    ``--texture-size 1024`` (the message still opens with the field's name)."""
+
+    def flag(m: re.Match) -> str:
+        return f"--{m[1].replace('_', '-')} {m[2]}" if m[1] in EXPORT_FLAGS else m[0]
+
+    return re.sub(r"(?<=e\.g\. )export\.(\w+)=(\S+)", flag, message)
 
 
 REPORT_USAGE = "usage: dreamnfsd-report <run, sweep or benchmark folder> [--jobs] [--debug]"
