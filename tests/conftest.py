@@ -42,15 +42,13 @@ def _restore_logging():
     def loggers():
         return [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
 
-    saved = {
-        lg.name: (lg, [h for h in lg.handlers if _ours(h)], lg.level, lg.propagate, lg.disabled) for lg in loggers()
-    }
+    saved = {lg.name: ([h for h in lg.handlers if _ours(h)], lg.level, lg.propagate, lg.disabled) for lg in loggers()}
     yield
     for lg in loggers():
-        kept = saved.get(lg.name, (lg, [], lg.level, lg.propagate, lg.disabled))
-        lg.handlers[:] = [h for h in lg.handlers if not _ours(h)] + kept[1]
-        lg.setLevel(kept[2])
-        lg.propagate, lg.disabled = kept[3], kept[4]
+        handlers, level, propagate, disabled = saved.get(lg.name, ([], lg.level, lg.propagate, lg.disabled))
+        lg.handlers[:] = [h for h in lg.handlers if not _ours(h)] + handlers
+        lg.setLevel(level)
+        lg.propagate, lg.disabled = propagate, disabled
 
 
 @pytest.fixture(scope="session")

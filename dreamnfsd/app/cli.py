@@ -134,15 +134,13 @@ def export_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-EXPORT_FLAGS = ("mesh_resolution", "threshold", "video_resolution", "video_frames", "texture_size")
-
-
 def as_export_flags(message: str) -> str:
     """dreamnfsd-export takes flags, not overrides: a fix written as ``export.texture_size=1024`` becomes
     ``--texture-size 1024`` (the message still opens with the field's name)."""
+    from dreamnfsd.app.run import REEXPORT_FIELDS
 
     def flag(m: re.Match) -> str:
-        return f"--{m[1].replace('_', '-')} {m[2]}" if m[1] in EXPORT_FLAGS else m[0]
+        return f"--{m[1].replace('_', '-')} {m[2]}" if m[1] in REEXPORT_FIELDS else m[0]
 
     return re.sub(r"(?<=e\.g\. )export\.(\w+)=(\S+)", flag, message)
 

@@ -351,6 +351,10 @@ def _record_failure(dcfg, run_dir: Path, message: str, status: str = "failed") -
         log.warning("could not record failure in %s", run_dir)
 
 
+# The export settings dreamnfsd-export takes as flags: export.<field> is --<field, dashed>.
+REEXPORT_FIELDS = ("mesh_resolution", "threshold", "video_resolution", "video_frames", "texture_size")
+
+
 def reexport(args) -> Path:
     """``dreamnfsd-export``: rebuild the scene from a checkpoint and export into ``<run>/exports/<time>/``."""
     from datetime import datetime
@@ -368,14 +372,8 @@ def reexport(args) -> Path:
         renderer["normal_mode"] = renderer.pop("normals_mode")
     # to_object of a structured RunConfig builds a RunConfig instance (its stub says any container).
     cfg = cast(RunConfig, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), saved)))
-    for key, value in (
-        ("mesh_resolution", args.mesh_resolution),
-        ("threshold", args.threshold),
-        ("video_resolution", args.video_resolution),
-        ("video_frames", args.video_frames),
-        ("texture_size", args.texture_size),
-    ):
-        if value is not None:
+    for key in REEXPORT_FIELDS:
+        if (value := getattr(args, key)) is not None:
             setattr(cfg.export, key, value)
     check_ranges(cfg)  # the flags above, as a run's overrides would be
     cfg.export.mesh, cfg.export.video = not args.no_mesh, not args.no_video
