@@ -13,6 +13,7 @@ import torch
 from dreamnfsd.guidance.priors import PixelPrior, builtin_training
 from dreamnfsd.guidance.priors.builtin_training import PriorTrainConfig, train
 from dreamnfsd.guidance.priors.pixel import pose_harmonics
+from dreamnfsd.utils.errors import UserError
 
 TOY = PriorTrainConfig(n_data=32, batch=4, threads=1, export_every=0)
 
@@ -91,6 +92,39 @@ def test_a_second_restart_keeps_the_first_in_the_reproduce_chain(tmp_path):
     assert "--seed 0 --init-from work_data/prior_step2 --work-dir work_data/from_step2 --steps 3 " in card
     assert "--ema 0.999 --n-data 32 --out work_data/prior_step3" in card
     assert "--seed 1 --init-from work_data/prior_step3 --work-dir work_data/from_step3 --steps 4 " in card
+
+
+def test_blend_takes_a_stage_at_part_strength_and_the_chain_keeps_it(tmp_path):
+    """``blend`` writes the stage's export with its UNet weights a given fraction of the way from the export it started
+    from; the card records it and rebuilds it, and a later stage started from the blend keeps it in its chain."""
+    dirs = [tmp_path / name for name in ("first", "second", "third")]
+    blended = tmp_path / "blended"
+    with torch.random.fork_rng():
+        train(replace(TOY, steps=2, work_dir=dirs[0], out=dirs[0] / "prior"))
+        train(replace(TOY, steps=3, work_dir=dirs[1], out=dirs[1] / "prior", init_from=dirs[0] / "prior"))
+        with pytest.raises(UserError, match="--blend: WEIGHT must be between 0 and 1"):
+            builtin_training.blend(dirs[0] / "prior", dirs[1] / "prior", 1.5, blended)
+        with pytest.raises(UserError, match="--blend: END .* must be the export of a stage started from START"):
+            builtin_training.blend(dirs[1] / "prior", dirs[0] / "prior", 0.5, blended)
+        assert not blended.exists()  # bad input writes nothing
+        meta = builtin_training.blend(dirs[0] / "prior", dirs[1] / "prior", 0.5, blended)
+        train(replace(TOY, steps=4, work_dir=dirs[2], out=dirs[2] / "prior", init_from=blended))
+    a, b, mid = (PixelPrior.from_pretrained(str(f)) for f in (dirs[0] / "prior", dirs[1] / "prior", blended))
+    for name, w in mid.unet.state_dict().items():
+        assert torch.equal(w, a.unet.state_dict()[name] + 0.5 * (b.unet.state_dict()[name] - a.unet.state_dict()[name]))
+    assert not torch.equal(mid.unet.conv_in.weight, b.unet.conv_in.weight)
+    for name, w in mid.text_encoder.state_dict().items():  # the text encoder is the stage's own
+        assert torch.equal(w, b.text_encoder.state_dict()[name])
+    assert meta["blends"] == [[3, 2, 0.5]] and meta["train_steps"] == 3
+    card = (blended / "README.md").read_text()
+    assert "the UNet weights of the step-2 export plus 0.5 times the change of steps 3-3" in card
+    assert "--ema 0.999 --n-data 32 --out work_data/prior_step3_full\n" in card
+    assert card.rstrip().splitlines()[-3].endswith("--blend work_data/prior_step2 work_data/prior_step3_full 0.5")
+    card = (dirs[2] / "prior" / "README.md").read_text()  # the next stage starts from the blend, written as step 3
+    assert "--blend work_data/prior_step2 work_data/prior_step3_full 0.5 --out work_data/prior_step3\n" in card
+    assert "--init-from work_data/prior_step3 --work-dir work_data/from_step3 --steps 4 " in card
+    with pytest.raises(UserError, match="is a blend already"):
+        builtin_training.blend(dirs[0] / "prior", blended, 0.5, tmp_path / "twice")
 
 
 def test_ctrl_c_ends_training_with_a_checkpoint_and_an_export(tmp_path, monkeypatch):

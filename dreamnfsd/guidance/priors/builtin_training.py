@@ -122,6 +122,8 @@ class OptionHistory:
     option_values: dict[str, list[list]] = field(default_factory=dict)  # option: [step, value] pairs, one per change
     pose_from_step: int = 0  # the step the pose embedding was added at (0: from the start)
     init_steps: list[int] = field(default_factory=list)  # steps at which training restarted from an export
+    # [step, start step, weight]: the export at step was blended back toward the step-``start`` export (:func:`blend`)
+    blends: list[list] = field(default_factory=list)
 
     @property
     def warmup_from_step(self) -> int:
@@ -254,6 +256,7 @@ def init_from_export(cfg: PriorTrainConfig, state: TrainState) -> None:
         option_values=continued_values(export_values(meta), step, cfg),
         pose_from_step=meta.get("pose_from_step", 0),
         init_steps=[*init_steps(meta), step],
+        blends=meta.get("blends", []),
     )
     # The export is an EMA already: the average continues at full decay instead of warming up from it again.
     state.ema = make_ema(state.model, cfg.ema, step)
@@ -289,6 +292,7 @@ def resumed_history(cfg: PriorTrainConfig, ck: dict, adding_pose: bool) -> Optio
         option_values=continued_values(recorded_values(ck, ck["args"]), step, cfg),
         pose_from_step=step if adding_pose else ck.get("pose_from_step", 0),
         init_steps=init_steps(ck),
+        blends=ck.get("blends", []),
     )
 
 
@@ -636,25 +640,58 @@ def export_metadata(cfg: PriorTrainConfig, state: TrainState) -> dict:
         "edge_round": cfg.edge_round,
         "option_values": h.option_values,
         "init_steps": h.init_steps,
+        **({"blends": h.blends} if h.blends else {}),
         "loss_note": "final_loss is the running mean of the (Min-SNR weighted) epsilon MSE",
     }
 
 
 def export(cfg: PriorTrainConfig, state: TrainState) -> None:
-    """Write the EMA model and its model card to ``cfg.out``: built in a sibling folder and swapped in by renames,
-    so a complete export is always on disk."""
+    """Write the EMA model and its model card to ``cfg.out`` (:func:`write_export`)."""
     state.ema.copy_to(prior_parameters(state.ema_model))
-    meta = export_metadata(cfg, state)
-    tmp = cfg.out.with_name(cfg.out.name + ".tmp")
+    write_export(state.ema_model, export_metadata(cfg, state), cfg.out)
+
+
+def write_export(components: PriorComponents, meta: dict, out: Path) -> None:
+    """Write ``components`` with their model card to ``out``: built in a sibling folder and swapped in by renames,
+    so a complete export is always on disk."""
+    tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_components(state.ema_model, tmp, meta)
+    save_components(components, tmp, meta)
     (tmp / "README.md").write_text(model_card(meta))
-    old = cfg.out.with_name(cfg.out.name + ".old")
+    old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
-    if cfg.out.exists():
-        os.replace(cfg.out, old)
-    os.replace(tmp, cfg.out)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def blend(start: Path, end: Path, weight: float, out: Path = DEFAULT_DIR) -> dict:
+    """Write to ``out`` the export ``end`` with its UNet weights ``start + weight * (end - start)``: the change of
+    ``end``'s last stage (which started from ``start`` with ``init_from``) taken at part strength, for a fine-tune
+    that overshoots. The text encoder stays ``end``'s. Returns the written metadata; :class:`UserError` on bad
+    input, before anything is written."""
+    if not 0 < weight < 1:
+        raise UserError(f"--blend: WEIGHT must be between 0 and 1 (exclusive), got {weight}; e.g. 0.5")
+    for name, folder in (("START", start), ("END", end)):
+        if not (folder / "dreamnfsd_prior.json").is_file():
+            raise UserError(f"--blend: {name} {folder} is not an exported prior folder (no dreamnfsd_prior.json)")
+    a, b = load_metadata(start), load_metadata(end)
+    inits = init_steps(b)
+    if not inits or inits[-1] != a["train_steps"]:
+        raise UserError(
+            f"--blend: END {end} must be the export of a stage started from START {start} with --init-from "
+            f"(END's last restart is at step {inits[-1] if inits else 'none'}; START is at step {a['train_steps']})"
+        )
+    if any(s == b["train_steps"] for s, _, _ in b.get("blends", [])):
+        raise UserError(f"--blend: END {end} is a blend already; blend the stage's own export")
+    ca, cb = load_components(start), load_components(end)
+    wa = ca.unet.state_dict()
+    cb.unet.load_state_dict({k: wa[k] + weight * (v - wa[k]) for k, v in cb.unet.state_dict().items()})
+    meta = {**b, "blends": [*b.get("blends", []), [b["train_steps"], a["train_steps"], weight]]}
+    write_export(cb, meta, out)
+    log.info("wrote %s: %s's UNet weights at %s of the way from %s's", out, end, weight, start)
+    return meta
 
 
 def model_card(meta: dict) -> str:
@@ -687,7 +724,7 @@ on a white background. Pixel space (no VAE), 32x32 RGB in [-1, 1], epsilon predi
 - Cube images drawn with weight {changes(values["cube_weight"])} (1: uniform): the cube carries the azimuth signal.
 - Object size: the canonical primitive's times 1 ± jitter, jitter {changes(values["scale_jitter"])}.
 - Edges of cubes, cylinders and cones rounded by a radius uniform in [0, r] (faces in place),
-  r {changes(values["edge_round"])}.{calibration_note(meta, values)}{init_note(meta)}
+  r {changes(values["edge_round"])}.{calibration_note(meta, values)}{init_note(meta)}{blend_note(meta)}
 
 Reproduce (each option above took its value at its step, so one command per stage; a stage may be stopped and
 resumed at any step, since the checkpoint holds the optimiser and random states):
@@ -747,6 +784,15 @@ def init_note(meta: dict) -> str:
     )
 
 
+def blend_note(meta: dict) -> str:
+    spans = "; ".join(
+        f"the export at step {step} has the UNet weights of the step-{start} export plus {weight} times the change "
+        f"of steps {start + 1}-{step} (its text encoder is the step-{step} one)"
+        for step, start, weight in meta.get("blends", [])
+    )
+    return f"\n- Blended (`--blend`): {spans}." if spans else ""
+
+
 def flag_text(flag: str, value) -> str:
     """An option as the command line takes it: a switch alone when on (off is its default, left out)."""
     return flag if value is True else f"{flag} {value}"
@@ -774,6 +820,7 @@ def reproduce_commands(meta: dict, values: dict[str, list[list]]) -> str:
     }
     left_out = {f"{flag} {value}" for flag, value in defaults.items()}  # as in older cards
     inits = init_steps(meta)
+    blended = {step: (origin, weight) for step, origin, weight in meta.get("blends", [])}
     changed = {s for pairs in (*options.values(), values["seed"]) for s, _ in pairs}
     stops = sorted({s for s in changed | set(inits) if s > 0} | {meta["train_steps"]})
     lines, start = [], 0
@@ -789,6 +836,12 @@ def reproduce_commands(meta: dict, values: dict[str, list[list]]) -> str:
             how = " --resume" + (f" --work-dir work_data/from_step{since[-1]}" if since else "")
         out = f" --out work_data/prior_step{stop}" if stop in inits else ""
         seed = value_at(values["seed"], start)
-        lines.append(f"    python {SCRIPT} --seed {seed}{how} --steps {stop} {' '.join(opts)}{out}")
+        if stop in blended:  # the stage's own export, then the blend, written where the stage's would be
+            full = f"work_data/prior_step{stop}_full"
+            lines.append(f"    python {SCRIPT} --seed {seed}{how} --steps {stop} {' '.join(opts)} --out {full}")
+            origin, weight = blended[stop]
+            lines.append(f"    python {SCRIPT} --blend work_data/prior_step{origin} {full} {weight}{out}")
+        else:
+            lines.append(f"    python {SCRIPT} --seed {seed}{how} --steps {stop} {' '.join(opts)}{out}")
         start = stop
     return "\n".join(lines)
