@@ -49,6 +49,7 @@ from dreamnfsd.eval.metrics import (
 )
 from dreamnfsd.export.mesh import extract_mesh, level_rays
 from dreamnfsd.export.video import normals_to_rgb, to_uint8
+from dreamnfsd.guidance.priors.builtin import TEXT_ENCODER_WEIGHTS, UNET_WEIGHTS
 from dreamnfsd.train.config import RunConfig
 from dreamnfsd.train.trainer import Trainer, render_views
 from dreamnfsd.utils.files import atomic_output, atomic_write_bytes
@@ -69,7 +70,7 @@ CONTACT_VIEWS = [0, 2, 4, 6, 12]
 AMBIENT = 0.3  # the built-in domain's renders use 0.3 ambient + 0.7 diffuse
 DEPTH_SCALE = 10_000  # depth PNGs are uint16 in units of 1/DEPTH_SCALE (6.5 world units at most)
 MESH_QUANT = 65535  # saved mesh vertices are uint16 over [-bound, bound]
-PRIOR_WEIGHTS = ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors")
+PRIOR_WEIGHTS = (UNET_WEIGHTS, TEXT_ENCODER_WEIGHTS)
 
 
 def view_cameras(resolution: int) -> tuple[CameraBatch, dict[str, slice]]:

@@ -47,6 +47,9 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 32  # the full negative prompt is 27 tokens with BOS/EOS
 RESOLUTION = 32
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "assets" / "builtin_prior"
+# A saved folder's weight files, as diffusers and transformers name them.
+UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+TEXT_ENCODER_WEIGHTS = "text_encoder/model.safetensors"
 # Same split as CLIP's pre-tokenizer: letters, digits, or runs of punctuation.
 _WORD_RE = re.compile(r"[^\W\d_]+|\d|[^\s\w]+")
 

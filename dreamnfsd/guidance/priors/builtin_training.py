@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 from diffusers.training_utils import EMAModel, compute_snr
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from dreamnfsd.cameras import CameraBatch
@@ -36,6 +38,7 @@ from dreamnfsd.guidance.priors.builtin import (
     DEFAULT_DIR,
     MAX_LENGTH,
     POSE_HARMONICS,
+    UNET_WEIGHTS,
     VOCABULARY,
     PriorComponents,
     build_builtin_pipeline_components,
@@ -652,12 +655,16 @@ def export(cfg: PriorTrainConfig, state: TrainState) -> None:
 
 
 def write_export(components: PriorComponents, meta: dict, out: Path) -> None:
-    """Write ``components`` with their model card to ``out``: built in a sibling folder and swapped in by renames,
-    so a complete export is always on disk."""
+    """Write ``components`` with their model card to ``out`` (:func:`swap_in`)."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_components(components, tmp, meta)
     (tmp / "README.md").write_text(model_card(meta))
+    swap_in(tmp, out)
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """Replace the folder ``out`` by the finished folder ``tmp`` by renames, so a complete export is always on disk."""
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -669,8 +676,8 @@ def write_export(components: PriorComponents, meta: dict, out: Path) -> None:
 def blend(start: Path, end: Path, weight: float, out: Path = DEFAULT_DIR) -> dict:
     """Write to ``out`` the export ``end`` with its UNet weights ``start + weight * (end - start)``: the change of
     ``end``'s last stage (which started from ``start`` with ``init_from``) taken at part strength, for a fine-tune
-    that overshoots. The text encoder stays ``end``'s. Returns the written metadata; :class:`UserError` on bad
-    input, before anything is written."""
+    that overshoots. Every other file is ``end``'s, the text encoder included. Returns the written metadata; raises
+    :class:`UserError` on bad input, before anything is written."""
     if not 0 < weight < 1:
         raise UserError(f"--blend: WEIGHT must be between 0 and 1 (exclusive), got {weight}; e.g. 0.5")
     for name, folder in (("START", start), ("END", end)):
@@ -685,11 +692,16 @@ def blend(start: Path, end: Path, weight: float, out: Path = DEFAULT_DIR) -> dic
         )
     if any(s == b["train_steps"] for s, _, _ in b.get("blends", [])):
         raise UserError(f"--blend: END {end} is a blend already; blend the stage's own export")
-    ca, cb = load_components(start), load_components(end)
-    wa = ca.unet.state_dict()
-    cb.unet.load_state_dict({k: wa[k] + weight * (v - wa[k]) for k, v in cb.unet.state_dict().items()})
+    # The weight files themselves, not modules loaded and saved again, so every other file stays byte for byte END's.
+    wa, wb = load_file(start / UNET_WEIGHTS), load_file(end / UNET_WEIGHTS)
     meta = {**b, "blends": [*b.get("blends", []), [b["train_steps"], a["train_steps"], weight]]}
-    write_export(cb, meta, out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(end, tmp)
+    save_file({k: wa[k] + weight * (v - wa[k]) for k, v in wb.items()}, tmp / UNET_WEIGHTS, metadata={"format": "pt"})
+    (tmp / "dreamnfsd_prior.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (tmp / "README.md").write_text(model_card(meta))
+    swap_in(tmp, out)
     log.info("wrote %s: %s's UNet weights at %s of the way from %s's", out, end, weight, start)
     return meta
 
