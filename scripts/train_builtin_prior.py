@@ -4,9 +4,7 @@ Example (the real run, about two hours on 2 CPU cores):
     nohup .venv/bin/python scripts/train_builtin_prior.py --steps 100000 --max-minutes 130 \
         > work_data/prior_train.log 2>&1 &
 Resume after an interruption with the same command plus ``--resume``; export the newest EMA weights without training
-with ``--resume --steps 0``. ``--blend START END WEIGHT`` trains nothing: it writes END's export with its UNet weights
-moved back toward START's (a fine-tune taken at part strength; see the model card). The training itself is
-dreamnfsd.guidance.priors.builtin_training.
+with ``--resume --steps 0``. The training itself is dreamnfsd.guidance.priors.builtin_training.
 """
 
 from __future__ import annotations
@@ -27,14 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a checkout without installing the package too
 
 from dreamnfsd.data import SHAPES  # noqa: E402
-from dreamnfsd.guidance.priors.builtin_training import PriorTrainConfig, blend, train  # noqa: E402
+from dreamnfsd.guidance.priors.builtin_training import PriorTrainConfig, train  # noqa: E402
 from dreamnfsd.utils.errors import UserError  # noqa: E402
 
 D = PriorTrainConfig
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[PriorTrainConfig, list[str] | None]:
-    """The training config, and the --blend arguments (START END WEIGHT) if given."""
+def parse_args(argv: list[str] | None = None) -> PriorTrainConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=D.seed)
     p.add_argument("--steps", type=int, default=D.steps, help="stop after this many total optimiser steps")
@@ -126,33 +123,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[PriorTrainConfig, list[st
         "--export-every", type=int, default=D.export_every, help="export the EMA model every N steps (0: only at end)"
     )
     p.add_argument("--log-every", type=int, default=D.log_every)
-    p.add_argument(
-        "--blend",
-        nargs=3,
-        metavar=("START", "END", "WEIGHT"),
-        help="train nothing: write to --out the export END with its UNet weights START + WEIGHT (END - START), "
-        "where END's last stage started from START with --init-from",
-    )
     args = vars(p.parse_args(argv))
-    blend_args = args.pop("blend")
     offset = SHAPES if args["calib_offset"] == [] else args["calib_offset"] or ()  # the flag alone: every shape
-    cfg = PriorTrainConfig(**args | {"calib_shapes": " ".join(args["calib_shapes"]), "calib_offset": " ".join(offset)})
-    return cfg, blend_args
+    return PriorTrainConfig(**args | {"calib_shapes": " ".join(args["calib_shapes"]), "calib_offset": " ".join(offset)})
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, blend_args = parse_args(argv)
+    cfg = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if blend_args:
-            start, end, weight = blend_args
-            try:
-                weight = float(weight)
-            except ValueError:
-                raise UserError(f"--blend: WEIGHT must be a number, got {weight!r}; e.g. 0.5") from None
-            blend(Path(start), Path(end), weight, cfg.out)
-        else:
-            train(cfg)
+        train(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

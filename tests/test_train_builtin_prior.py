@@ -102,9 +102,9 @@ def test_blend_takes_a_stage_at_part_strength_and_the_chain_keeps_it(tmp_path):
     with torch.random.fork_rng():
         train(replace(TOY, steps=2, work_dir=dirs[0], out=dirs[0] / "prior"))
         train(replace(TOY, steps=3, work_dir=dirs[1], out=dirs[1] / "prior", init_from=dirs[0] / "prior"))
-        with pytest.raises(UserError, match="--blend: WEIGHT must be between 0 and 1"):
+        with pytest.raises(UserError, match="WEIGHT must be between 0 and 1"):
             builtin_training.blend(dirs[0] / "prior", dirs[1] / "prior", 1.5, blended)
-        with pytest.raises(UserError, match="--blend: END .* must be the export of a stage started from START"):
+        with pytest.raises(UserError, match="END .* must be the export of a stage started from START"):
             builtin_training.blend(dirs[1] / "prior", dirs[0] / "prior", 0.5, blended)
         assert not blended.exists()  # bad input writes nothing
         meta = builtin_training.blend(dirs[0] / "prior", dirs[1] / "prior", 0.5, blended)
@@ -119,9 +119,16 @@ def test_blend_takes_a_stage_at_part_strength_and_the_chain_keeps_it(tmp_path):
     card = (blended / "README.md").read_text()
     assert "the UNet weights of the step-2 export plus 0.5 times the change of steps 3-3" in card
     assert "--ema 0.999 --n-data 32 --out work_data/prior_step3_full\n" in card
-    assert card.rstrip().splitlines()[-3].endswith("--blend work_data/prior_step2 work_data/prior_step3_full 0.5")
+    assert (
+        card.rstrip()
+        .splitlines()[-3]
+        .endswith("blend_builtin_prior.py work_data/prior_step2 work_data/prior_step3_full 0.5")
+    )
     card = (dirs[2] / "prior" / "README.md").read_text()  # the next stage starts from the blend, written as step 3
-    assert "--blend work_data/prior_step2 work_data/prior_step3_full 0.5 --out work_data/prior_step3\n" in card
+    assert (
+        "blend_builtin_prior.py work_data/prior_step2 work_data/prior_step3_full 0.5 --out work_data/prior_step3\n"
+        in card
+    )
     assert "--init-from work_data/prior_step3 --work-dir work_data/from_step3 --steps 4 " in card
     with pytest.raises(UserError, match="is a blend already"):
         builtin_training.blend(dirs[0] / "prior", blended, 0.5, tmp_path / "twice")

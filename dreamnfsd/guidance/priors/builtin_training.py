@@ -54,6 +54,7 @@ from dreamnfsd.utils.files import atomic_output
 log = logging.getLogger(__name__)
 
 SCRIPT = "scripts/train_builtin_prior.py"  # what the model card's reproduce commands run
+BLEND_SCRIPT = "scripts/blend_builtin_prior.py"
 
 
 @dataclass
@@ -673,25 +674,30 @@ def swap_in(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def blend(start: Path, end: Path, weight: float, out: Path = DEFAULT_DIR) -> dict:
+def blend(start: str | Path, end: str | Path, weight: float | str, out: Path = DEFAULT_DIR) -> dict:
     """Write to ``out`` the export ``end`` with its UNet weights ``start + weight * (end - start)``: the change of
     ``end``'s last stage (which started from ``start`` with ``init_from``) taken at part strength, for a fine-tune
     that overshoots. Every other file is ``end``'s, the text encoder included. Returns the written metadata; raises
-    :class:`UserError` on bad input, before anything is written."""
+    :class:`UserError` on bad input, before anything is written. Takes the command line's strings too."""
+    start, end = Path(start), Path(end)
+    try:
+        weight = float(weight)
+    except ValueError:
+        raise UserError(f"WEIGHT must be a number, got {weight!r}; e.g. 0.5") from None
     if not 0 < weight < 1:
-        raise UserError(f"--blend: WEIGHT must be between 0 and 1 (exclusive), got {weight}; e.g. 0.5")
+        raise UserError(f"WEIGHT must be between 0 and 1 (exclusive), got {weight}; e.g. 0.5")
     for name, folder in (("START", start), ("END", end)):
         if not (folder / "dreamnfsd_prior.json").is_file():
-            raise UserError(f"--blend: {name} {folder} is not an exported prior folder (no dreamnfsd_prior.json)")
+            raise UserError(f"{name} {folder} is not an exported prior folder (no dreamnfsd_prior.json)")
     a, b = load_metadata(start), load_metadata(end)
     inits = init_steps(b)
     if not inits or inits[-1] != a["train_steps"]:
         raise UserError(
-            f"--blend: END {end} must be the export of a stage started from START {start} with --init-from "
+            f"END {end} must be the export of a stage started from START {start} with --init-from "
             f"(END's last restart is at step {inits[-1] if inits else 'none'}; START is at step {a['train_steps']})"
         )
     if any(s == b["train_steps"] for s, _, _ in b.get("blends", [])):
-        raise UserError(f"--blend: END {end} is a blend already; blend the stage's own export")
+        raise UserError(f"END {end} is a blend already; blend the stage's own export")
     # The weight files themselves, not modules loaded and saved again, so every other file stays byte for byte END's.
     wa, wb = load_file(start / UNET_WEIGHTS), load_file(end / UNET_WEIGHTS)
     meta = {**b, "blends": [*b.get("blends", []), [b["train_steps"], a["train_steps"], weight]]}
@@ -802,7 +808,7 @@ def blend_note(meta: dict) -> str:
         f"of steps {start + 1}-{step} (its text encoder is the step-{step} one)"
         for step, start, weight in meta.get("blends", [])
     )
-    return f"\n- Blended (`--blend`): {spans}." if spans else ""
+    return f"\n- Blended (`{BLEND_SCRIPT}`): {spans}." if spans else ""
 
 
 def flag_text(flag: str, value) -> str:
@@ -852,7 +858,7 @@ def reproduce_commands(meta: dict, values: dict[str, list[list]]) -> str:
             full = f"work_data/prior_step{stop}_full"
             lines.append(f"    python {SCRIPT} --seed {seed}{how} --steps {stop} {' '.join(opts)} --out {full}")
             origin, weight = blended[stop]
-            lines.append(f"    python {SCRIPT} --blend work_data/prior_step{origin} {full} {weight}{out}")
+            lines.append(f"    python {BLEND_SCRIPT} work_data/prior_step{origin} {full} {weight}{out}")
         else:
             lines.append(f"    python {SCRIPT} --seed {seed}{how} --steps {stop} {' '.join(opts)}{out}")
         start = stop
