@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from dataclasses import replace
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from dreamnfsd.guidance.priors import PixelPrior, builtin_training
+from dreamnfsd.guidance.priors.builtin import UNET_WEIGHTS
 from dreamnfsd.guidance.priors.builtin_training import PriorTrainConfig, train
 from dreamnfsd.guidance.priors.pixel import pose_harmonics
 from dreamnfsd.utils.errors import UserError
@@ -106,6 +109,12 @@ def test_blend_takes_a_stage_at_part_strength_and_the_chain_keeps_it(tmp_path):
             builtin_training.blend(dirs[0] / "prior", dirs[1] / "prior", 1.5, blended)
         with pytest.raises(UserError, match="END .* must be the export of a stage started from START"):
             builtin_training.blend(dirs[1] / "prior", dirs[0] / "prior", 0.5, blended)
+        other = tmp_path / "other"  # START's record, another UNet
+        shutil.copytree(dirs[0] / "prior", other)
+        weights = load_file(other / UNET_WEIGHTS)
+        save_file({k: v for k, v in weights.items() if not k.startswith("class_embedding.")}, other / UNET_WEIGHTS)
+        with pytest.raises(UserError, match="have different UNets"):
+            builtin_training.blend(other, dirs[1] / "prior", 0.5, blended)
         assert not blended.exists()  # bad input writes nothing
         meta = builtin_training.blend(dirs[0] / "prior", dirs[1] / "prior", 0.5, blended)
         train(replace(TOY, steps=4, work_dir=dirs[2], out=dirs[2] / "prior", init_from=blended))

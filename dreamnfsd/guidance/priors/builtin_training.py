@@ -700,6 +700,8 @@ def blend(start: str | Path, end: str | Path, weight: float | str, out: Path = D
         raise UserError(f"END {end} is a blend already; blend the stage's own export")
     # The weight files themselves, not modules loaded and saved again, so every other file stays byte for byte END's.
     wa, wb = load_file(start / UNET_WEIGHTS), load_file(end / UNET_WEIGHTS)
+    if wa.keys() != wb.keys() or any(wa[k].shape != v.shape for k, v in wb.items()):
+        raise UserError(f"START {start} and END {end} have different UNets; END must be a stage started from START")
     meta = {**b, "blends": [*b.get("blends", []), [b["train_steps"], a["train_steps"], weight]]}
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
