@@ -21,7 +21,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dreamnfsd.cameras import CameraBatch
 from dreamnfsd.data import COLORS, make_cameras, render_primitives
-from dreamnfsd.guidance.priors.pixel import camera_unet_forward
+from dreamnfsd.guidance.priors.pixel import SPEC_FILE, camera_unet_forward
 
 SHAPE_WORDS = ("sphere", "cube", "cylinder", "cone", "torus")
 COLOR_WORDS = ("red", "green", "blue", "yellow", "purple")
@@ -276,7 +276,12 @@ def save_components(components: PriorComponents, folder: str | Path, metadata: d
         "weights_dtype": str(dtype).removeprefix("torch."),
         **metadata,
     }
-    (folder / "dreamnfsd_prior.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_metadata(folder, meta)
+
+
+def write_metadata(folder: Path, meta: dict) -> None:
+    """Write a saved folder's ``dreamnfsd_prior.json`` (:data:`~dreamnfsd.guidance.priors.pixel.SPEC_FILE`)."""
+    (folder / SPEC_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def load_components(folder: str | Path = DEFAULT_DIR) -> PriorComponents:
@@ -290,7 +295,7 @@ def load_components(folder: str | Path = DEFAULT_DIR) -> PriorComponents:
 
 
 def load_metadata(folder: str | Path = DEFAULT_DIR) -> dict:
-    return json.loads((Path(folder) / "dreamnfsd_prior.json").read_text())
+    return json.loads((Path(folder) / SPEC_FILE).read_text())
 
 
 def _diffusers_version() -> str:

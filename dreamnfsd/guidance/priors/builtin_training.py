@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -47,7 +46,9 @@ from dreamnfsd.guidance.priors.builtin import (
     load_metadata,
     predict_noise,
     save_components,
+    write_metadata,
 )
+from dreamnfsd.guidance.priors.pixel import SPEC_FILE
 from dreamnfsd.utils.errors import UserError
 from dreamnfsd.utils.files import atomic_output
 
@@ -656,16 +657,19 @@ def export(cfg: PriorTrainConfig, state: TrainState) -> None:
 
 
 def write_export(components: PriorComponents, meta: dict, out: Path) -> None:
-    """Write ``components`` with their model card to ``out`` (:func:`swap_in`)."""
+    """Write ``components`` with their model card to ``out`` (:func:`building`)."""
+    with building(out) as tmp:
+        save_components(components, tmp, meta)
+        (tmp / "README.md").write_text(model_card(meta))
+
+
+@contextlib.contextmanager
+def building(out: Path) -> Iterator[Path]:
+    """Yield an empty sibling folder to build ``out`` in; when the block ends, it replaces ``out`` by renames, so a
+    complete export is always on disk."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_components(components, tmp, meta)
-    (tmp / "README.md").write_text(model_card(meta))
-    swap_in(tmp, out)
-
-
-def swap_in(tmp: Path, out: Path) -> None:
-    """Replace the folder ``out`` by the finished folder ``tmp`` by renames, so a complete export is always on disk."""
+    yield tmp
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -687,8 +691,8 @@ def blend(start: str | Path, end: str | Path, weight: float | str, out: Path = D
     if not 0 < weight < 1:
         raise UserError(f"WEIGHT must be between 0 and 1 (exclusive), got {weight}; e.g. 0.5")
     for name, folder in (("START", start), ("END", end)):
-        if not (folder / "dreamnfsd_prior.json").is_file():
-            raise UserError(f"{name} {folder} is not an exported prior folder (no dreamnfsd_prior.json)")
+        if not (folder / SPEC_FILE).is_file():
+            raise UserError(f"{name} {folder} is not an exported prior folder (no {SPEC_FILE})")
     a, b = load_metadata(start), load_metadata(end)
     inits = init_steps(b)
     if not inits or inits[-1] != a["train_steps"]:
@@ -703,13 +707,12 @@ def blend(start: str | Path, end: str | Path, weight: float | str, out: Path = D
     if wa.keys() != wb.keys() or any(wa[k].shape != v.shape for k, v in wb.items()):
         raise UserError(f"START {start} and END {end} have different UNets; END must be a stage started from START")
     meta = {**b, "blends": [*b.get("blends", []), [b["train_steps"], a["train_steps"], weight]]}
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(end, tmp)
-    save_file({k: wa[k] + weight * (v - wa[k]) for k, v in wb.items()}, tmp / UNET_WEIGHTS, metadata={"format": "pt"})
-    (tmp / "dreamnfsd_prior.json").write_text(json.dumps(meta, indent=2) + "\n")
-    (tmp / "README.md").write_text(model_card(meta))
-    swap_in(tmp, out)
+    blended = {k: wa[k] + weight * (v - wa[k]) for k, v in wb.items()}
+    with building(out) as tmp:
+        shutil.copytree(end, tmp)
+        save_file(blended, tmp / UNET_WEIGHTS, metadata={"format": "pt"})
+        write_metadata(tmp, meta)
+        (tmp / "README.md").write_text(model_card(meta))
     log.info("wrote %s: %s's UNet weights at %s of the way from %s's", out, end, weight, start)
     return meta
 
@@ -856,12 +859,11 @@ def reproduce_commands(meta: dict, values: dict[str, list[list]]) -> str:
             how = " --resume" + (f" --work-dir work_data/from_step{since[-1]}" if since else "")
         out = f" --out work_data/prior_step{stop}" if stop in inits else ""
         seed = value_at(values["seed"], start)
-        if stop in blended:  # the stage's own export, then the blend, written where the stage's would be
-            full = f"work_data/prior_step{stop}_full"
-            lines.append(f"    python {SCRIPT} --seed {seed}{how} --steps {stop} {' '.join(opts)} --out {full}")
+        full = f"work_data/prior_step{stop}_full"  # a blended stage's own export; the blend goes where it would
+        stage_out = f" --out {full}" if stop in blended else out
+        lines.append(f"    python {SCRIPT} --seed {seed}{how} --steps {stop} {' '.join(opts)}{stage_out}")
+        if stop in blended:
             origin, weight = blended[stop]
             lines.append(f"    python {BLEND_SCRIPT} work_data/prior_step{origin} {full} {weight}{out}")
-        else:
-            lines.append(f"    python {SCRIPT} --seed {seed}{how} --steps {stop} {' '.join(opts)}{out}")
         start = stop
     return "\n".join(lines)
