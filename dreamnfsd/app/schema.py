@@ -179,6 +179,7 @@ RANGES: dict[str, Range] = {
         0, 1, lo_open=True, meaning="learning rates are multiplied by it on each rollback"
     ),
     "train.num_threads": Range(0, 4096, meaning="0 keeps torch's default"),
+    "prior.num_threads": Range(0, 4096, meaning="0 uses every thread torch starts with"),
     "export.mesh_resolution": Range(8, 4096, meaning="marching-cubes lattice points per axis"),
     "export.min_component_fraction": SHARE,
     "export.max_faces": Range(0, BIG, meaning="0 keeps every face"),

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -119,3 +120,68 @@ def breakdown_table(result: dict) -> str:
             rows.append((name, per_step[key], per_step[key] / step_ms))
     rows.append(("step (wall)", step_ms, 1.0))
     return format_table([("phase", "<24"), ("ms/step", ">10.1f"), ("share", ">9.1%")], rows)
+
+
+def prior_threads_comparison(overrides: list[str], counts: list[int], blocks: int, block: int, warmup: int) -> dict:
+    """Trainers of the CPU preset that differ only in ``prior.num_threads`` (``counts``), stepped in turn, ``block``
+    steps each for ``blocks`` rounds after ``warmup`` untimed steps, the NeRF side on ``train.num_threads``. They
+    share the seed, so they do the same work, and their states must come out bit-identical (``identical``).
+
+    Returns {"rows": [{"prior_threads", "step_ms", "prior_ms", "speedup"}, ...], "identical", "config"}; the speedup
+    is of the whole step against the first count's.
+    """
+    from dreamnfsd.guidance.priors import load_prior
+    from dreamnfsd.train.trainer import Trainer
+    from dreamnfsd.utils.threads import torch_threads
+
+    trainers: dict[int, Any] = {}
+    seconds: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        for n in counts:
+            cfg = compose_run_config(["prompt=a red cube", "prior=builtin", *overrides, f"prior.num_threads={n}"])
+            trainers[n] = trainer = Trainer(cfg, Path(tmp) / str(n), torch.device("cpu"), load_prior(cfg.prior))
+            stack.enter_context(timed_prior(trainer.prior, trainer.timer))
+        stack.enter_context(torch_threads(cfg.train.num_threads))
+        for trainer in trainers.values():
+            for _ in range(warmup):
+                trainer.train_step()
+            trainer.timer.enabled = True
+        for _ in range(blocks):
+            for n, trainer in trainers.items():
+                start = time.perf_counter()
+                for _ in range(block):
+                    trainer.train_step()
+                seconds[n] = seconds.get(n, 0.0) + time.perf_counter() - start
+        states = [
+            {k: v for k, v in t.state_dict().items() if k not in ("wall_time", "config")} for t in trainers.values()
+        ]
+    steps = blocks * block
+    rows = [
+        {
+            "prior_threads": n,
+            "step_ms": 1000 * seconds[n] / steps,
+            "prior_ms": 1000 * trainers[n].timer.seconds[PRIOR_CALL] / steps,
+            "speedup": seconds[counts[0]] / seconds[n],
+        }
+        for n in counts
+    ]
+    config = {"overrides": overrides, "train_threads": cfg.train.num_threads, "steps": steps, "block": block}
+    return {"rows": rows, "identical": all(_same(states[0], s) for s in states[1:]), "config": config}
+
+
+def _same(a, b) -> bool:
+    """Bit-for-bit equality of two nested states (tensors, dicts, lists, plain values)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def threads_table(result: dict) -> str:
+    """:func:`prior_threads_comparison`'s rows as a table."""
+    rows = [(r["prior_threads"], r["step_ms"], r["prior_ms"], r["speedup"]) for r in result["rows"]]
+    columns = [("prior threads", ">13"), ("ms/step", ">9.1f"), ("prior ms/step", ">13.1f"), ("speedup", ">8.2f")]
+    return format_table(columns, rows)

@@ -53,6 +53,7 @@ from dreamnfsd.guidance.priors.builtin import TEXT_ENCODER_WEIGHTS, UNET_WEIGHTS
 from dreamnfsd.train.config import RunConfig
 from dreamnfsd.train.trainer import Trainer, render_views
 from dreamnfsd.utils.files import atomic_output, atomic_write_bytes
+from dreamnfsd.utils.threads import torch_threads
 
 # Ordered so that each block of five names every shape and every colour once: a benchmark stopped part-way (it
 # resumes) has covered the shapes evenly.
@@ -220,7 +221,8 @@ def run_one(
 ) -> tuple[dict, dict]:
     """Train one run of a composed config (``cfg: RunConfig``) on the CPU and evaluate it."""
     prompt = cfg.prompt
-    with tempfile.TemporaryDirectory() as tmp:
+    # train.num_threads as a run applies it: the NeRF side's bits depend on it (the prior's do not).
+    with tempfile.TemporaryDirectory() as tmp, torch_threads(cfg.train.num_threads):
         trainer = Trainer(cfg, Path(tmp), torch.device("cpu"), prior)
         started = time.perf_counter()
         trainer.fit(SimpleNamespace(requested=None))

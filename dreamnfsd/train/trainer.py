@@ -33,6 +33,7 @@ from dreamnfsd.train.regularizers import normal_variation, opacity_entropy, opac
 from dreamnfsd.train.scene import Scene, build_scene
 from dreamnfsd.train.shading import choose_shading, jittered_backgrounds, light_positions
 from dreamnfsd.utils.errors import UserError
+from dreamnfsd.utils.memory import keep_freed_buffers
 from dreamnfsd.utils.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, device: torch.device, prior: Prior):
         self.cfg, self.run_dir, self.device, self.prior = cfg, Path(run_dir), device, prior
+        if device.type == "cpu":
+            keep_freed_buffers()  # each step's sample buffers are reused, not mapped afresh (speed only)
         torch.manual_seed(cfg.seed)
         # Host RNG for cameras, shading and timesteps; a device RNG for sample offsets and grid jitter.
         self.generator = torch.Generator().manual_seed(cfg.seed)

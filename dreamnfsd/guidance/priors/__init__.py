@@ -17,6 +17,7 @@ from dreamnfsd.guidance.priors.diffusers_prior import hub_offline, resolve_dtype
 from dreamnfsd.guidance.priors.pixel import PIXEL_COMPONENTS, PixelPrior, PixelPriorSpec, check_vocabulary
 from dreamnfsd.guidance.priors.stable_diffusion import DEFAULT_MODEL, SD_COMPONENTS, StableDiffusionPrior
 from dreamnfsd.utils.errors import UserError
+from dreamnfsd.utils.threads import STARTUP_THREADS
 
 PRIOR_KINDS = ("stable_diffusion", "pixel", "builtin")
 
@@ -29,6 +30,9 @@ class PriorConfig:
     model: str = DEFAULT_MODEL
     dtype: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     local_files_only: bool | None = None  # None: follow HF_HUB_OFFLINE
+    # CPU threads for the denoiser; its bits do not depend on the count. 0: as many as torch had at startup
+    # (OMP_NUM_THREADS, else the machine's cores), whatever train.num_threads pins the NeRF side to.
+    num_threads: int = 0
 
 
 def builtin_prior_folder() -> Path:
@@ -55,10 +59,12 @@ def load_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
     """Build the prior ``cfg`` names, frozen and on ``device``. Raises ``UserError`` for fixable problems."""
     _check_kind(cfg)
     if cfg.kind == "stable_diffusion":
-        return StableDiffusionPrior.from_pretrained(cfg.model, device, cfg.dtype, cfg.local_files_only)
-    if cfg.kind == "pixel":
-        return PixelPrior.from_pretrained(cfg.model, device, cfg.dtype, cfg.local_files_only)
-    return PixelPrior.from_pretrained(str(_builtin_folder_checked()), device, cfg.dtype, local_files_only=True)
+        prior: Prior = StableDiffusionPrior.from_pretrained(cfg.model, device, cfg.dtype, cfg.local_files_only)
+    elif cfg.kind == "pixel":
+        prior = PixelPrior.from_pretrained(cfg.model, device, cfg.dtype, cfg.local_files_only)
+    else:
+        prior = PixelPrior.from_pretrained(str(_builtin_folder_checked()), device, cfg.dtype, local_files_only=True)
+    return prior.use_cpu_threads(cfg.num_threads or STARTUP_THREADS)
 
 
 def check_prior(cfg: PriorConfig, prompt: str) -> None:

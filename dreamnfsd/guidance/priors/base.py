@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamnfsd.cameras import CameraBatch
+from dreamnfsd.utils.threads import pin_thread_sensitive_layers, torch_threads
 
 
 class Prior(nn.Module):
@@ -20,6 +21,7 @@ class Prior(nn.Module):
         num_train_timesteps: T, the number of discrete training timesteps (1000 for SD).
         resolution: image size in pixels the model expects (512 for SD 2.1-base, 32 for the built-in prior).
         alphas_cumprod: (T,) float32 buffer, alpha-bar_t of the training noise schedule.
+        cpu_threads: CPU threads for the denoiser's forward (0: the caller's count); see :meth:`use_cpu_threads`.
     """
 
     num_train_timesteps: int
@@ -33,6 +35,7 @@ class Prior(nn.Module):
         self.resolution = int(resolution)
         # prompt string -> (L, D) embedding; prompts repeat every step, the text encoder should run once each.
         self._text_cache: dict[str, Tensor] = {}
+        self.cpu_threads = 0
 
     def _apply(self, fn, recurse=True):
         # Keep alpha-bar in float32 even when the prior is cast to fp16: the guidance math is done in fp32.
@@ -50,6 +53,19 @@ class Prior(nn.Module):
         self.requires_grad_(False)
         self.eval()
         return self
+
+    def use_cpu_threads(self, n: int) -> Prior:
+        """Run the denoiser (``self.unet``) on ``n`` CPU threads inside :meth:`denoise_threads`, with the bits of
+        one thread: its thread-sensitive layers are pinned to one (:mod:`dreamnfsd.utils.threads`)."""
+        self.cpu_threads = int(n)
+        denoiser = getattr(self, "unet", None)
+        if self.cpu_threads > 1 and isinstance(denoiser, nn.Module):
+            pin_thread_sensitive_layers(denoiser)
+        return self
+
+    def denoise_threads(self):
+        """The context a denoiser forward runs in: :attr:`cpu_threads` CPU threads, restored afterwards."""
+        return torch_threads(self.cpu_threads if self.device.type == "cpu" else 0)
 
     def train(self, mode: bool = True) -> Prior:
         # A prior is never trained: stay in eval even when a parent module calls .train().

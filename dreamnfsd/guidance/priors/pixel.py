@@ -207,5 +207,6 @@ class PixelPrior(DiffusersTextPrior):
         self, x_t: Tensor, t: Tensor, text_embeddings: Tensor, camera: CameraBatch | None = None
     ) -> Tensor:
         """(N, 3, res, res) epsilon in float32. ``camera`` (N cameras or None) is used only by camera-aware UNets."""
-        out = camera_unet_forward(self.unet, x_t, t, text_embeddings, camera if self.camera_aware else None)
+        with self.denoise_threads():
+            out = camera_unet_forward(self.unet, x_t, t, text_embeddings, camera if self.camera_aware else None)
         return model_output_to_eps(out.float(), x_t.float(), t, self.alphas_cumprod, self.prediction_type)

@@ -68,5 +68,6 @@ class StableDiffusionPrior(DiffusersTextPrior):
     ) -> Tensor:
         """(N, 4, h, w) epsilon in float32; ``camera`` is ignored (SD is text-only)."""
         dtype = self.unet.dtype
-        out = self.unet(x_t.to(dtype), t, encoder_hidden_states=text_embeddings.to(dtype)).sample
+        with self.denoise_threads():
+            out = self.unet(x_t.to(dtype), t, encoder_hidden_states=text_embeddings.to(dtype)).sample
         return model_output_to_eps(out.float(), x_t.float(), t, self.alphas_cumprod, self.prediction_type)
