@@ -375,14 +375,19 @@ def reexport(args) -> Path:
     for key in REEXPORT_FIELDS:
         if (value := getattr(args, key)) is not None:
             setattr(cfg.export, key, value)
-    check_ranges(cfg)  # the flags above, as a run's overrides would be
+    # The flags above, as a run's overrides would be; the rest was checked when the run started (a run from an
+    # older version may hold values today's ranges refuse, and the user cannot change them here).
+    check_ranges(cfg, prefix="export.")
     cfg.export.mesh, cfg.export.video = not args.no_mesh, not args.no_video
     device = pick_device(args.device)
     torch.manual_seed(cfg.seed)
     # A checkpoint of the coarse stage holds a density field.
     scene = build_scene(with_field_kind(cfg, checkpoint_field_kind(state["scene"]["field"])), device)
     scene.load_state_dict(state["scene"])
-    out_dir = run_dir_of(ckpt) / "exports" / f"step{state['step']:06d}-{datetime.now():%Y%m%d-%H%M%S}"
-    out_dir.mkdir(parents=True, exist_ok=False)
+    base = run_dir_of(ckpt) / "exports" / f"step{state['step']:06d}-{datetime.now():%Y%m%d-%H%M%S}"
+    out_dir, n = base, 1
+    while out_dir.exists():  # two exports in the same second must not share a folder
+        out_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+    out_dir.mkdir(parents=True)
     export_outputs(scene, cfg, out_dir)
     return out_dir

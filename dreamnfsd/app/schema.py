@@ -234,9 +234,12 @@ def _value(cfg: RunConfig, key: str):
     return node
 
 
-def check_ranges(cfg: RunConfig) -> None:
-    """Every number in its :data:`RANGES` entry; every word among its :data:`CHOICES`."""
+def check_ranges(cfg: RunConfig, prefix: str = "") -> None:
+    """Every number in its :data:`RANGES` entry; every word among its :data:`CHOICES` (only the keys that start
+    with ``prefix``)."""
     for key, allowed in RANGES.items():
+        if not key.startswith(prefix):
+            continue
         value = _value(cfg, key)
         if value is None and default_of(key) is None:
             continue
@@ -245,6 +248,8 @@ def check_ranges(cfg: RunConfig) -> None:
             meaning = f" ({allowed.meaning})" if allowed.meaning else ""
             raise UserError(f"{key}: must be in {allowed}{meaning}, got {value!r}; e.g. {key}={default_of(key)}")
     for key, words in CHOICES.items():
+        if not key.startswith(prefix):
+            continue
         value = _value(cfg, key)
         if words is not None and value not in words and not (value is None and default_of(key) is None):
             raise UserError(f"{key}: {value!r} is not one of {', '.join(words)}; e.g. {key}={default_of(key)}")
