@@ -59,7 +59,7 @@ class Prior(nn.Module):
         one thread: its thread-sensitive layers are pinned to one (:mod:`dreamnfsd.utils.threads`)."""
         self.cpu_threads = int(n)
         denoiser = getattr(self, "unet", None)
-        if self.cpu_threads > 1 and isinstance(denoiser, nn.Module):
+        if self.cpu_threads > 1 and self.device.type == "cpu" and isinstance(denoiser, nn.Module):
             pin_thread_sensitive_layers(denoiser)
         return self
 
