@@ -105,3 +105,18 @@ def test_a_benchmark_run_trains_on_train_num_threads(prior, monkeypatch):
             benchmark.run_one(cfg, prior, None, 32)
         assert torch.get_num_threads() == 1
     assert seen == [3]
+
+
+def test_a_run_gives_the_thread_count_back(monkeypatch, tmp_path):
+    """``train_run`` trains on ``train.num_threads`` and restores the count: a sweep's basic launcher runs its jobs
+    one after another in one process, and a job with ``train.num_threads=0`` must get torch's default, not the
+    count the job before it set."""
+    from dreamnfsd.app import run as run_module
+
+    seen = []
+    monkeypatch.setattr(run_module, "_train_run", lambda cfg, run_dir, yaml: seen.append(torch.get_num_threads()))
+    cfg = to_run_config(compose(["prompt=a red cube", "prior=builtin", "train.num_threads=3"]))
+    with torch_threads(1):
+        run_module.train_run(cfg, tmp_path, "")
+        assert torch.get_num_threads() == 1
+    assert seen == [3]

@@ -136,15 +136,21 @@ def _resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
 
 
 def train_run(cfg: RunConfig, run_dir: Path, resolved_yaml: str) -> RunStatus:
+    """Train and export one run on ``train.num_threads`` CPU threads, giving the count back afterwards: a sweep's
+    basic launcher runs its jobs one after another in this process, and each must start from torch's default."""
+    from dreamnfsd.utils.threads import torch_threads
+
+    with torch_threads(cfg.train.num_threads):
+        return _train_run(cfg, Path(run_dir), resolved_yaml)
+
+
+def _train_run(cfg: RunConfig, run_dir: Path, resolved_yaml: str) -> RunStatus:
     from dreamnfsd.app.preflight import take_preloaded_prior
     from dreamnfsd.guidance.priors import load_prior
     from dreamnfsd.train.checkpoint import load_checkpoint
     from dreamnfsd.utils.errors import UserError
 
-    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.train.num_threads > 0:
-        torch.set_num_threads(cfg.train.num_threads)
     device = pick_device(cfg.device)
     if not cfg.resume or not (run_dir / "config.yaml").exists():
         atomic_write_bytes(resolved_yaml.encode(), run_dir / "config.yaml")
