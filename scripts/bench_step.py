@@ -7,7 +7,8 @@ shares are the result.
     .venv/bin/python scripts/bench_step.py [--steps 20] [--out outputs/bench_step.json] [override ...]
 
 ``--prior-threads 1 2`` instead steps trainers that differ only in ``prior.num_threads`` in turn (blocks of
-``--block`` steps, side by side in one process), and checks that they end bit-identical.
+``--block`` steps, side by side in one process), and checks that they end bit-identical; ``--prior-parts 1 0``
+does the same for ``prior.batch_parts`` (1: the prior's batch unsplit; 0: split over the threads).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from dreamnfsd.benchmarks.common import write_json
-from dreamnfsd.benchmarks.step import breakdown_table, cpu_preset_breakdown, prior_threads_comparison, threads_table
+from dreamnfsd.benchmarks.step import breakdown_table, cpu_preset_breakdown, side_by_side, side_by_side_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,15 +26,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior-folder", default=None, help="a pixel prior folder instead of the built-in one")
     parser.add_argument("--out", default="outputs/bench_step.json")
     parser.add_argument("--prior-threads", type=int, nargs="+", default=None, help="compare these prior.num_threads")
-    parser.add_argument("--block", type=int, default=10, help="--prior-threads: steps per turn")
+    parser.add_argument("--prior-parts", type=int, nargs="+", default=None, help="compare these prior.batch_parts")
+    parser.add_argument("--block", type=int, default=10, help="--prior-threads/--prior-parts: steps per turn")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.batch_size=1")
     args = parser.parse_args(argv)
 
-    if args.prior_threads:
+    variants = [f"prior.num_threads={n}" for n in args.prior_threads or []]
+    variants += [f"prior.batch_parts={n}" for n in args.prior_parts or []]
+    if variants:
         blocks = max(1, args.steps // args.block)
-        result = prior_threads_comparison(args.overrides, args.prior_threads, blocks, args.block, args.warmup)
-        print(f"prior threads, side by side over {blocks * args.block} steps each ({result['config']})")
-        print(threads_table(result))
+        result = side_by_side(args.overrides, variants, blocks, args.block, args.warmup)
+        print(f"side by side over {blocks * args.block} steps each ({result['config']})")
+        print(side_by_side_table(result))
         print(f"states bit-identical: {result['identical']}")
         print(f"wrote {write_json(result, args.out)}")
         return 0 if result["identical"] else 1

@@ -1,9 +1,11 @@
-"""The prior's forward gives the same bits on one CPU thread or on several, so it may take every core while the
-NeRF side stays pinned to ``train.num_threads`` (dreamnfsd.utils.threads)."""
+"""The prior's forward gives the same bits on one CPU thread or on several, and with its batch split into parts run
+at once, so it may take every core while the NeRF side stays pinned to ``train.num_threads``
+(dreamnfsd.utils.threads)."""
 
 from __future__ import annotations
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from dreamnfsd.app.compose import compose, to_run_config
 from dreamnfsd.data import make_cameras
 from dreamnfsd.guidance.priors import PriorConfig, load_prior
 from dreamnfsd.train.trainer import Trainer
-from dreamnfsd.utils.threads import pin_thread_sensitive_layers, torch_threads
+from dreamnfsd.utils.threads import forward_in_parts, pin_thread_sensitive_layers, torch_threads
 from tests.test_determinism import assert_same_state
 
 
@@ -38,29 +40,92 @@ def test_pinning_is_done_once(prior):
     assert pin_thread_sensitive_layers(prior.unet) == 0  # load_prior already pinned it
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6])
-def test_prior_call_has_the_same_bits_on_one_and_two_threads(prior, rows):
-    """Every row count a step sends (SDS: 2 per image; NFSD: 2 or 3), with cameras and mixed timesteps."""
+def _prior_inputs(prior, rows: int):
     g = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, 3, 32, 32, generator=g)
     t = torch.randint(20, 980, (rows,), generator=g)
     text = prior.encode_text(["", "a red cube", "a blue torus"])[torch.arange(rows) % 3]
     cams = make_cameras(torch.rand(rows, generator=g) * 6.28, torch.rand(rows, generator=g) * 0.7, 32)
+    return x, t, text, cams
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 9])
+def test_prior_call_has_the_same_bits_on_any_threads_and_parts(prior, rows):
+    """Every row count a step sends (SDS: 2 per image; NFSD: 2 or 3), with cameras and mixed timesteps, on 1 to 16
+    threads (a 16-core machine's default), whole or in parts of two rows or more: (threads, parts)."""
+    x, t, text, cams = _prior_inputs(prior, rows)
     outputs = {}
-    for threads in (1, 2):
-        prior.use_cpu_threads(threads)
+    for threads, parts in ((1, 1), (2, 1), (2, 0), (3, 0), (3, 1), (4, 1), (5, 0), (16, 0)):
+        prior.use_cpu_threads(threads, parts)
         with torch_threads(1):  # the NeRF side's count, which the call must give back
-            outputs[threads] = prior.predict_noise(x, t, text, cams)
+            outputs[threads, parts] = prior.predict_noise(x, t, text, cams)
             assert torch.get_num_threads() == 1
     prior.use_cpu_threads(2)
-    assert torch.equal(outputs[1], outputs[2])
+    for key, out in outputs.items():
+        assert torch.equal(outputs[1, 1], out), f"(threads, parts) = {key}"
+
+
+@pytest.mark.parametrize("rows, threads, expected", [(2, 2, 1), (3, 2, 1), (4, 2, 2), (5, 4, 2), (6, 4, 3), (6, 1, 1)])
+def test_parts_have_at_least_two_rows(prior, monkeypatch, rows, threads, expected):
+    """A 3x3 convolution sums a single image in another order than the same image in a batch, so a part of one row
+    would change bits: the prior splits only into parts of two rows or more, and never beyond its threads. A batch
+    it cannot split runs on at most two threads (elementwise ops round their shares' tails differently on three)."""
+    from dreamnfsd.guidance.priors import base
+
+    seen, counts = [], []
+
+    def record(forward, n, parts):
+        seen.append(parts)
+        return forward(slice(0, n))
+
+    monkeypatch.setattr(base, "forward_in_parts", record)
+    hook = prior.unet.register_forward_pre_hook(lambda *_: counts.append(torch.get_num_threads()))
+    x, t, text, cams = _prior_inputs(prior, rows)
+    prior.use_cpu_threads(threads)
+    try:
+        prior.predict_noise(x, t, text, cams)
+    finally:
+        prior.use_cpu_threads(2)
+        hook.remove()
+    assert (seen or [1]) == [expected]
+    if not seen:
+        assert counts == [min(threads, 2)]
+
+
+class _Coupled(torch.nn.Module):
+    """A linear layer fed one vector per row (batch-coupled), then a per-row one that can fail."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+        pin_thread_sensitive_layers(self)
+
+    def forward(self, x, fail=False):
+        h = self.embed(x)
+        if fail:
+            raise ValueError("part failed")
+        return self.head(self.embed(h))
+
+
+def test_forward_in_parts_joins_coupled_layers_and_stops_on_an_error():
+    threads_before = threading.active_count()
+    torch.manual_seed(0)
+    model, x = _Coupled(), torch.randn(7, 8)
+    with torch.no_grad():
+        whole = model(x)
+        split = forward_in_parts(lambda rows: model(x[rows]), 7, 3)
+    assert torch.equal(whole, split)
+    # One part fails after the first meeting: the others, waiting at the next, stop, and its error is raised.
+    with pytest.raises(ValueError, match="part failed"):
+        forward_in_parts(lambda rows: model(x[rows], fail=rows.start == 0), 7, 3)
+    assert threading.active_count() == threads_before  # every helper thread has ended
 
 
 def test_training_has_the_same_bits_whatever_the_prior_threads(tmp_path):
     """A few built-in-preset steps, through the coarse stage's switch to the SDF, with the prior on 1 thread and on
     2: the same fields, moments and grids, bit for bit."""
     states = {}
-    for threads in (1, 2):
+    for threads, parts in ((1, 1), (2, 1), (2, 0)):
         cfg = to_run_config(
             compose(
                 [
@@ -70,18 +135,20 @@ def test_training_has_the_same_bits_whatever_the_prior_threads(tmp_path):
                     "train.steps=8",
                     "train.coarse_fit_iters=5",
                     f"prior.num_threads={threads}",
+                    f"prior.batch_parts={parts}",
                 ]
             )
         )
         with torch_threads(1):
-            trainer = Trainer(cfg, tmp_path / str(threads), torch.device("cpu"), load_prior(cfg.prior))
+            trainer = Trainer(cfg, tmp_path / f"{threads}-{parts}", torch.device("cpu"), load_prior(cfg.prior))
             while trainer.step < cfg.train.steps:
                 trainer.train_step()
         assert trainer.prior.cpu_threads == threads
         state = copy.deepcopy(trainer.state_dict())
-        del state["wall_time"], state["config"]  # the clock, and the prior.num_threads this test varies
-        states[threads] = state
-    assert_same_state(states[1], states[2])
+        del state["wall_time"], state["config"]  # the clock, and the prior settings this test varies
+        states[threads, parts] = state
+    assert_same_state(states[1, 1], states[2, 1])
+    assert_same_state(states[1, 1], states[2, 0])
 
 
 def test_a_benchmark_run_trains_on_train_num_threads(prior, monkeypatch):

@@ -180,6 +180,7 @@ RANGES: dict[str, Range] = {
     ),
     "train.num_threads": Range(0, 4096, meaning="0 keeps torch's default"),
     "prior.num_threads": Range(0, 4096, meaning="0 uses every thread torch starts with"),
+    "prior.batch_parts": Range(0, 4096, meaning="0 splits the prior's batch over its threads, 1 never"),
     "export.mesh_resolution": Range(8, 4096, meaning="marching-cubes lattice points per axis"),
     "export.min_component_fraction": SHARE,
     "export.max_faces": Range(0, BIG, meaning="0 keeps every face"),

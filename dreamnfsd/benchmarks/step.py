@@ -122,24 +122,25 @@ def breakdown_table(result: dict) -> str:
     return format_table([("phase", "<24"), ("ms/step", ">10.1f"), ("share", ">9.1%")], rows)
 
 
-def prior_threads_comparison(overrides: list[str], counts: list[int], blocks: int, block: int, warmup: int) -> dict:
-    """Trainers of the CPU preset that differ only in ``prior.num_threads`` (``counts``), stepped in turn, ``block``
-    steps each for ``blocks`` rounds after ``warmup`` untimed steps, the NeRF side on ``train.num_threads``. They
-    share the seed, so they do the same work, and their states must come out bit-identical (``identical``).
+def side_by_side(overrides: list[str], variants: list[str], blocks: int, block: int, warmup: int) -> dict:
+    """Trainers of the CPU preset that differ only in one override each (``variants``, e.g. ``prior.num_threads=1``),
+    stepped in turn, ``block`` steps each for ``blocks`` rounds after ``warmup`` untimed steps, the NeRF side on
+    ``train.num_threads``. They share the seed, so they do the same work; for variants that change only speed their
+    states must come out bit-identical (``identical``).
 
-    Returns {"rows": [{"prior_threads", "step_ms", "prior_ms", "speedup"}, ...], "identical", "config"}; the speedup
-    is of the whole step against the first count's.
+    Returns {"rows": [{"variant", "step_ms", "prior_ms", "speedup"}, ...], "identical", "config"}; the speedup is of
+    the whole step against the first variant's.
     """
     from dreamnfsd.guidance.priors import load_prior
     from dreamnfsd.train.trainer import Trainer
     from dreamnfsd.utils.threads import torch_threads
 
-    trainers: dict[int, Any] = {}
-    seconds: dict[int, float] = {}
+    trainers: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        for n in counts:
-            cfg = compose_run_config(["prompt=a red cube", "prior=builtin", *overrides, f"prior.num_threads={n}"])
-            trainers[n] = trainer = Trainer(cfg, Path(tmp) / str(n), torch.device("cpu"), load_prior(cfg.prior))
+        for i, variant in enumerate(variants):
+            cfg = compose_run_config(["prompt=a red cube", "prior=builtin", *overrides, variant])
+            trainers[variant] = trainer = Trainer(cfg, Path(tmp) / str(i), torch.device("cpu"), load_prior(cfg.prior))
             stack.enter_context(timed_prior(trainer.prior, trainer.timer))
         stack.enter_context(torch_threads(cfg.train.num_threads))
         for trainer in trainers.values():
@@ -147,23 +148,23 @@ def prior_threads_comparison(overrides: list[str], counts: list[int], blocks: in
                 trainer.train_step()
             trainer.timer.enabled = True
         for _ in range(blocks):
-            for n, trainer in trainers.items():
+            for variant, trainer in trainers.items():
                 start = time.perf_counter()
                 for _ in range(block):
                     trainer.train_step()
-                seconds[n] = seconds.get(n, 0.0) + time.perf_counter() - start
+                seconds[variant] = seconds.get(variant, 0.0) + time.perf_counter() - start
         states = [
             {k: v for k, v in t.state_dict().items() if k not in ("wall_time", "config")} for t in trainers.values()
         ]
     steps = blocks * block
     rows = [
         {
-            "prior_threads": n,
-            "step_ms": 1000 * seconds[n] / steps,
-            "prior_ms": 1000 * trainers[n].timer.seconds[PRIOR_CALL] / steps,
-            "speedup": seconds[counts[0]] / seconds[n],
+            "variant": variant,
+            "step_ms": 1000 * seconds[variant] / steps,
+            "prior_ms": 1000 * trainers[variant].timer.seconds[PRIOR_CALL] / steps,
+            "speedup": seconds[variants[0]] / seconds[variant],
         }
-        for n in counts
+        for variant in variants
     ]
     config = {"overrides": overrides, "train_threads": cfg.train.num_threads, "steps": steps, "block": block}
     return {"rows": rows, "identical": all(_same(states[0], s) for s in states[1:]), "config": config}
@@ -180,8 +181,8 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def threads_table(result: dict) -> str:
-    """:func:`prior_threads_comparison`'s rows as a table."""
-    rows = [(r["prior_threads"], r["step_ms"], r["prior_ms"], r["speedup"]) for r in result["rows"]]
-    columns = [("prior threads", ">13"), ("ms/step", ">9.1f"), ("prior ms/step", ">13.1f"), ("speedup", ">8.2f")]
+def side_by_side_table(result: dict) -> str:
+    """:func:`side_by_side`'s rows as a table."""
+    rows = [(r["variant"], r["step_ms"], r["prior_ms"], r["speedup"]) for r in result["rows"]]
+    columns = [("variant", "<24"), ("ms/step", ">9.1f"), ("prior ms/step", ">13.1f"), ("speedup", ">8.2f")]
     return format_table(columns, rows)

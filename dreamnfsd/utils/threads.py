@@ -1,28 +1,38 @@
-"""CPU threads: the prior's forward on every core, with the same bits whatever the count.
+"""CPU threads: the prior's forward on every core, with the bits of one thread.
 
 A step's NeRF side (field, renderer, backward) is thousands of small ops over a few thousand samples: a second
 thread barely speeds it up, and it changes some float summation orders, so ``train.num_threads`` pins it. The
-prior's UNet is the other half of a CPU step, and its large convolutions and attention split well over threads
-without changing a bit. Only its GEMMs with a handful of rows (the time and pose embeddings, the residual blocks'
-time projections) and its 1x1 convolutions pick kernels that sum in another order on more threads; those few
-layers run on one thread (:func:`pin_thread_sensitive_layers`), so a prior call gives the same bits on 1 thread
-or on all of them (``tests/test_threads.py``). ``prior.num_threads`` is therefore free to default to every
-thread torch would use.
+prior's UNet is the other half of a CPU step. Most of its layers give the same bits on any thread count; its GEMMs
+with a handful of rows (the time and pose embeddings, the residual blocks' time projections) and its 1x1
+convolutions pick kernels that sum in another order on more threads, so those run on one thread
+(:func:`pin_thread_sensitive_layers`). A whole batch then gives the same bits on 1 or 2 threads, not on 3, 5 or 6:
+elementwise ops split their elements over the threads, and a share that ends off the SIMD width is rounded by the
+scalar tail (``tests/test_threads.py``).
+
+The prior's ops at 32 px are too small to split well over threads anyway, so the prior splits its batch instead: it
+runs it as parts of rows at once, one thread each (:func:`forward_in_parts`). Every layer but the few-row GEMMs
+computes a row the same way in any batch of two rows or more; those GEMMs are batch-coupled, and the parts meet
+there (:class:`RowJoin`) to run them once on the whole batch, as an unsplit forward does. The parts' outputs are the
+unsplit output's rows, bit for bit, which is what lets ``prior.num_threads`` default to every core.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 # Read when dreamnfsd first imports this module, before any run sets a count: OMP_NUM_THREADS when it is set,
 # else the machine's cores (torch's own default).
 STARTUP_THREADS = torch.get_num_threads()
 _pinned: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # models already hooked
+_local = threading.local()  # per thread: the counts pinned layers restore, and the RowJoin of a split forward
 
 
 @contextlib.contextmanager
@@ -38,34 +48,107 @@ def torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _one_thread_for(module: nn.Module, when) -> None:
-    """Hooks that run ``module`` on one thread whenever ``when(inputs)`` holds, restoring the count after it."""
-    saved: list[int] = []
+class RowJoin:
+    """Where the parts of a split forward meet at each batch-coupled layer: each brings its rows, one of them runs
+    the layer on all the rows (on one thread, as the pinned layer does in an unsplit forward), each takes its own
+    rows of the output back. Every part calls the same layers in the same order, so the meetings pair up."""
+
+    def __init__(self, sizes: list[int]):
+        self.bounds = [0, *itertools.accumulate(sizes)]
+        self.barrier = threading.Barrier(len(sizes))
+        self.inputs: list[Tensor | None] = [None] * len(sizes)
+        self.output: Tensor | None = None
+
+    def exchange(self, part: int, module: nn.Module, rows: Tensor) -> Tensor:
+        """``module``'s output for the whole batch, rows of ``part`` only; ``rows`` is this part's input."""
+        self.inputs[part] = rows
+        if self.barrier.wait() == 0:  # exactly one part computes
+            try:
+                with torch_threads(1):
+                    self.output = module.forward(torch.cat(cast(list[Tensor], self.inputs)))  # forward(): no hooks
+            except BaseException:
+                self.barrier.abort()
+                raise
+        self.barrier.wait()
+        assert self.output is not None
+        return self.output[self.bounds[part] : self.bounds[part + 1]]
+
+
+def forward_in_parts(forward: Callable[[slice], Tensor], rows: int, parts: int) -> Tensor:
+    """``forward(slice(0, rows))`` computed as ``parts`` contiguous row slices at once, each in a Python thread of
+    its own on one CPU thread, concatenated along dim 0. Bit-identical to the unsplit call on one thread when every
+    layer of the model computes a row the same way in any batch or is hooked as batch-coupled
+    (:func:`pin_thread_sensitive_layers`).
+
+    ``forward`` maps a row slice to that slice's output, (n, ...). Grad mode follows the caller's. An error or
+    Ctrl-C in any part stops the others at their next meeting and is raised here.
+    """
+    sizes = [len(c) for c in torch.arange(rows).tensor_split(min(parts, rows))]
+    join = RowJoin(sizes)
+    outputs: list[Tensor | None] = [None] * len(sizes)
+    errors: list[BaseException] = []
+    grad = torch.is_grad_enabled()
+
+    def work(part: int) -> None:
+        _local.join, _local.part = join, part
+        try:
+            with torch_threads(1), torch.set_grad_enabled(grad):
+                outputs[part] = forward(slice(join.bounds[part], join.bounds[part + 1]))
+        except BaseException as err:
+            errors.append(err)
+            join.barrier.abort()
+        finally:
+            _local.join = None
+
+    helpers = [threading.Thread(target=work, args=(part,), daemon=True) for part in range(1, len(sizes))]
+    for helper in helpers:
+        helper.start()
+    work(0)
+    for helper in helpers:
+        helper.join()
+    if errors:  # the first real one; the others' BrokenBarrierError only says a part stopped
+        raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
+    return torch.cat(cast(list[Tensor], outputs))
+
+
+def _hook(module: nn.Module, when: Callable, batch_coupled: bool) -> None:
+    """Hooks that run ``module`` on one thread whenever ``when(inputs)`` holds, restoring the count after it; a
+    batch-coupled one also meets the other parts of a split forward (:class:`RowJoin`)."""
+
+    def saved() -> list[int]:  # this thread's counts to restore for this module
+        stacks = _local.__dict__.setdefault("saved", {})
+        return stacks.setdefault(id(module), [])
 
     def pre(_module, inputs):
         if when(inputs):
-            saved.append(torch.get_num_threads())
+            saved().append(torch.get_num_threads())
             torch.set_num_threads(1)
 
-    def post(_module, _inputs, _output):
-        if saved:
-            torch.set_num_threads(saved.pop())
+    def post(_module, inputs, output):
+        counts = saved()
+        if counts:
+            torch.set_num_threads(counts.pop())
+        join = getattr(_local, "join", None)
+        if batch_coupled and join is not None and when(inputs):
+            return join.exchange(_local.part, module, inputs[0])
+        return None
 
     module.register_forward_pre_hook(pre)
     module.register_forward_hook(post)
 
 
 def pin_thread_sensitive_layers(model: nn.Module) -> int:
-    """Make ``model``'s CPU output independent of the thread count: its linear layers fed one vector per image
-    (2-D inputs, a few rows) and its 1x1 convolutions run on one thread. Idempotent. Returns the layers pinned."""
+    """Make ``model``'s CPU output independent of the thread count and of how its batch is split: its linear layers
+    fed one vector per image (2-D inputs, a few rows) run on one thread and are batch-coupled; its 1x1 convolutions
+    run on one thread. Idempotent. Returns the layers hooked."""
     if model in _pinned:
         return 0
     pinned = 0
     for module in model.modules():
         if isinstance(module, nn.Linear):
-            _one_thread_for(module, lambda inputs: inputs[0].dim() == 2)
+            _hook(module, lambda inputs: inputs[0].dim() == 2, batch_coupled=True)
         elif isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
-            _one_thread_for(module, lambda inputs: True)
+            _hook(module, lambda inputs: True, batch_coupled=False)
         else:
             continue
         pinned += 1

@@ -33,6 +33,9 @@ class PriorConfig:
     # CPU threads for the denoiser; its bits do not depend on the count. 0: as many as torch had at startup
     # (OMP_NUM_THREADS, else the machine's cores), whatever train.num_threads pins the NeRF side to.
     num_threads: int = 0
+    # A CPU batch runs as this many row slices at once, one thread each: a small UNet's rows split over threads
+    # better than its ops. The same bits either way. 0: as many as threads and rows allow; 1: never split.
+    batch_parts: int = 0
 
 
 def builtin_prior_folder() -> Path:
@@ -64,7 +67,7 @@ def load_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
         prior = PixelPrior.from_pretrained(cfg.model, device, cfg.dtype, cfg.local_files_only)
     else:
         prior = PixelPrior.from_pretrained(str(_builtin_folder_checked()), device, cfg.dtype, local_files_only=True)
-    return prior.use_cpu_threads(cfg.num_threads or STARTUP_THREADS)
+    return prior.use_cpu_threads(cfg.num_threads or STARTUP_THREADS, cfg.batch_parts)
 
 
 def check_prior(cfg: PriorConfig, prompt: str) -> None:

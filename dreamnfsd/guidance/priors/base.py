@@ -6,12 +6,22 @@ differentiable path is ``to_model_space`` (rgb -> latents/pixels), which is how 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamnfsd.cameras import CameraBatch
-from dreamnfsd.utils.threads import pin_thread_sensitive_layers, torch_threads
+from dreamnfsd.utils.threads import forward_in_parts, pin_thread_sensitive_layers, torch_threads
+
+# A part of a split batch has at least this many rows: the 3x3 convolutions pick another kernel for a single image,
+# whose sums differ in the last bit from the same image's in a batch.
+MIN_PART_ROWS = 2
+# A batch too small to split runs on at most this many threads. Elementwise ops (GELU, SiLU) split their elements
+# over the threads, and on 3, 5 or 6 threads (4 for some row counts) a thread's share ends off the SIMD width, where
+# the scalar tail rounds differently; on 1 or 2 threads every share is whole vectors.
+MAX_WHOLE_BATCH_THREADS = 2
 
 
 class Prior(nn.Module):
@@ -22,6 +32,7 @@ class Prior(nn.Module):
         resolution: image size in pixels the model expects (512 for SD 2.1-base, 32 for the built-in prior).
         alphas_cumprod: (T,) float32 buffer, alpha-bar_t of the training noise schedule.
         cpu_threads: CPU threads for the denoiser's forward (0: the caller's count); see :meth:`use_cpu_threads`.
+        cpu_parts: row slices a CPU batch runs as, at once (0: automatic, 1: unsplit); see :meth:`run_denoiser`.
     """
 
     num_train_timesteps: int
@@ -35,7 +46,7 @@ class Prior(nn.Module):
         self.resolution = int(resolution)
         # prompt string -> (L, D) embedding; prompts repeat every step, the text encoder should run once each.
         self._text_cache: dict[str, Tensor] = {}
-        self.cpu_threads = 0
+        self.cpu_threads, self.cpu_parts = 0, 0
 
     def _apply(self, fn, recurse=True):
         # Keep alpha-bar in float32 even when the prior is cast to fp16: the guidance math is done in fp32.
@@ -54,18 +65,31 @@ class Prior(nn.Module):
         self.eval()
         return self
 
-    def use_cpu_threads(self, n: int) -> Prior:
-        """Run the denoiser (``self.unet``) on ``n`` CPU threads inside :meth:`denoise_threads`, with the bits of
-        one thread: its thread-sensitive layers are pinned to one (:mod:`dreamnfsd.utils.threads`)."""
-        self.cpu_threads = int(n)
+    def use_cpu_threads(self, n: int, parts: int = 0) -> Prior:
+        """Run the denoiser (``self.unet``) on up to ``n`` CPU threads, with the bits of one thread: its
+        thread-sensitive layers are pinned to one (:mod:`dreamnfsd.utils.threads`), and :meth:`run_denoiser` uses
+        only splits that keep the bits. ``parts``: how many row slices of a batch run at once, one thread each (0: as
+        many as threads and rows allow; 1: never split). Same bits either way."""
+        self.cpu_threads, self.cpu_parts = int(n), int(parts)
         denoiser = getattr(self, "unet", None)
         if self.cpu_threads > 1 and self.device.type == "cpu" and isinstance(denoiser, nn.Module):
             pin_thread_sensitive_layers(denoiser)
         return self
 
-    def denoise_threads(self):
-        """The context a denoiser forward runs in: :attr:`cpu_threads` CPU threads, restored afterwards."""
-        return torch_threads(self.cpu_threads if self.device.type == "cpu" else 0)
+    def run_denoiser(self, forward: Callable[[slice], Tensor], rows: int) -> Tensor:
+        """``forward(slice(0, rows))``, the denoiser's call on a batch of ``rows``, on up to :attr:`cpu_threads` CPU
+        threads with the bits of one (the caller's count is restored). ``forward`` maps a row slice to that slice's
+        output.
+
+        On the CPU the batch runs as parts of two rows or more at once, one thread each
+        (:func:`~dreamnfsd.utils.threads.forward_in_parts`): a small UNet's ops split poorly over threads, its rows
+        split well. A batch too small to split runs whole on at most :data:`MAX_WHOLE_BATCH_THREADS`."""
+        threads = self.cpu_threads if self.device.type == "cpu" else 0
+        parts = min(self.cpu_parts or threads, threads, rows // MIN_PART_ROWS)
+        if parts > 1:
+            return forward_in_parts(forward, rows, parts)
+        with torch_threads(min(threads, MAX_WHOLE_BATCH_THREADS)):
+            return forward(slice(0, rows))
 
     def train(self, mode: bool = True) -> Prior:
         # A prior is never trained: stay in eval even when a parent module calls .train().

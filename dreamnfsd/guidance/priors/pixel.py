@@ -119,6 +119,15 @@ def camera_unet_forward(
     embedding gets the pose features; ``camera=None`` gives zeros for both, the "camera dropped" input of training.
     ``keep_camera`` (N,) of 0/1 drops the camera per image.
     """
+    x_in, class_labels = camera_unet_inputs(unet, x_t, camera, keep_camera)
+    return unet(x_in, t, encoder_hidden_states=text_embeddings.to(unet.dtype), class_labels=class_labels).sample
+
+
+def camera_unet_inputs(
+    unet, x_t: Tensor, camera: CameraBatch | None, keep_camera: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`camera_unet_forward`'s UNet inputs: the sample (N, in_channels, res, res) and the class labels (N, P)
+    or None, in the UNet's dtype."""
     n, res, dtype = x_t.shape[0], x_t.shape[-1], unet.dtype
     keep = None if keep_camera is None else keep_camera.to(x_t.device, torch.float32)
     x_in, class_labels = x_t, None
@@ -129,7 +138,7 @@ def camera_unet_forward(
     if harmonics:
         pose = camera_pose_features(camera, n, harmonics).to(x_t.device)
         class_labels = (pose if keep is None else pose * keep[:, None]).to(dtype)
-    return unet(x_in.to(dtype), t, encoder_hidden_states=text_embeddings.to(dtype), class_labels=class_labels).sample
+    return x_in.to(dtype), class_labels
 
 
 class PixelPrior(DiffusersTextPrior):
@@ -207,6 +216,12 @@ class PixelPrior(DiffusersTextPrior):
         self, x_t: Tensor, t: Tensor, text_embeddings: Tensor, camera: CameraBatch | None = None
     ) -> Tensor:
         """(N, 3, res, res) epsilon in float32. ``camera`` (N cameras or None) is used only by camera-aware UNets."""
-        with self.denoise_threads():
-            out = camera_unet_forward(self.unet, x_t, t, text_embeddings, camera if self.camera_aware else None)
+        x_in, labels = camera_unet_inputs(self.unet, x_t, camera if self.camera_aware else None)
+        text = text_embeddings.to(self.unet.dtype)
+
+        def forward(rows: slice) -> Tensor:
+            cls = None if labels is None else labels[rows]
+            return self.unet(x_in[rows], t[rows], encoder_hidden_states=text[rows], class_labels=cls).sample
+
+        out = self.run_denoiser(forward, x_t.shape[0])
         return model_output_to_eps(out.float(), x_t.float(), t, self.alphas_cumprod, self.prediction_type)

@@ -67,7 +67,10 @@ class StableDiffusionPrior(DiffusersTextPrior):
         self, x_t: Tensor, t: Tensor, text_embeddings: Tensor, camera: CameraBatch | None = None
     ) -> Tensor:
         """(N, 4, h, w) epsilon in float32; ``camera`` is ignored (SD is text-only)."""
-        dtype = self.unet.dtype
-        with self.denoise_threads():
-            out = self.unet(x_t.to(dtype), t, encoder_hidden_states=text_embeddings.to(dtype)).sample
+        x_in, text = x_t.to(self.unet.dtype), text_embeddings.to(self.unet.dtype)
+
+        def forward(rows: slice) -> Tensor:
+            return self.unet(x_in[rows], t[rows], encoder_hidden_states=text[rows]).sample
+
+        out = self.run_denoiser(forward, x_t.shape[0])
         return model_output_to_eps(out.float(), x_t.float(), t, self.alphas_cumprod, self.prediction_type)
