@@ -14,7 +14,14 @@ from dreamnfsd.app.compose import compose, to_run_config
 from dreamnfsd.data import make_cameras
 from dreamnfsd.guidance.priors import PriorConfig, load_prior
 from dreamnfsd.train.trainer import Trainer
-from dreamnfsd.utils.threads import forward_in_parts, pin_thread_sensitive_layers, torch_threads
+from dreamnfsd.train.scene import build_scene
+from dreamnfsd.utils.threads import (
+    forward_in_parts,
+    part_sizes,
+    pin_thread_sensitive_layers,
+    query_in_parts,
+    torch_threads,
+)
 from tests.test_determinism import assert_same_state
 
 
@@ -187,3 +194,54 @@ def test_a_run_gives_the_thread_count_back(monkeypatch, tmp_path):
         run_module.train_run(cfg, tmp_path, "")
         assert torch.get_num_threads() == 1
     assert seen == [3]
+
+
+@pytest.mark.parametrize(
+    "rows, parts, align, sizes",
+    [(10, 3, 1, [4, 3, 3]), (9000, 2, 4096, [8192, 808]), (100, 4, 4096, [100]), (65536, 2, 4096, [32768, 32768])],
+)
+def test_part_sizes(rows, parts, align, sizes):
+    assert part_sizes(rows, parts, align) == sizes
+
+
+@pytest.mark.parametrize("kind", ["density", "sdf"])
+def test_a_field_query_in_parts_has_the_bits_of_one_thread(kind):
+    """No-grad field queries (occupancy updates, the carve and export lattices) run as parts on every core: each
+    point is computed on its own, and parts start on whole multiples of QUERY_PART_ROWS points."""
+    cfg = to_run_config(compose(["prompt=a red cube", "prior=builtin", f"field={kind}"]))
+    g = torch.Generator().manual_seed(0)
+    scene = build_scene(cfg, torch.device("cpu"), g)
+    with torch.no_grad():
+        for p in scene.field.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    fns = [scene.field.density, scene.renderer.occupancy_fn] + ([scene.field.sdf] if kind == "sdf" else [])
+    for n in (8192, 9000, 12289, 40000):
+        x = torch.rand(n, 3, generator=g) * 2.2 - 1.1
+        for fn in fns:
+            with torch_threads(1), torch.no_grad():
+                whole = fn(x)
+                for parts in (2, 3):
+                    assert torch.equal(whole, query_in_parts(fn, x, parts)), (n, parts)
+    calls = []
+    with torch.enable_grad():  # with grad it runs whole: parts would give the backward another graph
+        query_in_parts(lambda pts: calls.append(len(pts)) or pts, torch.zeros(9000, 3), 2)
+    with torch.no_grad():  # too small to split
+        query_in_parts(lambda pts: calls.append(len(pts)) or pts, torch.zeros(8000, 3), 2)
+    assert calls == [9000, 8000]
+
+
+def test_occupancy_updates_have_the_same_bits_on_one_core_and_all(monkeypatch):
+    from dreamnfsd.utils import threads
+
+    cfg = to_run_config(compose(["prompt=a red cube", "prior=builtin"]))
+    grids = []
+    for cores in (1, 2):
+        monkeypatch.setattr(threads, "STARTUP_THREADS", cores)
+        g = torch.Generator().manual_seed(0)
+        scene = build_scene(cfg, torch.device("cpu"), g)
+        with torch_threads(1):
+            scene.renderer.mark_occupancy(g)
+            for step in range(16, 64, 16):
+                scene.renderer.update_occupancy(step, g)
+        grids.append(scene.renderer.grid.occs.clone())
+    assert torch.equal(grids[0], grids[1])

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from dreamnfsd.utils.errors import UserError
+from dreamnfsd.utils.threads import query_in_parts
 
 
 class EmptySurfaceError(UserError):
@@ -43,7 +44,7 @@ def lattice_values(
     a caller that goes on computing there, which saves a round trip)."""
     axis = torch.linspace(-bound, bound, resolution)
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    out = torch.cat([fn(p.to(device)).float().to(out_device) for p in pts.split(chunk)])
+    out = torch.cat([query_in_parts(fn, p.to(device)).float().to(out_device) for p in pts.split(chunk)])
     return out.t().reshape(-1, resolution, resolution, resolution)
 
 
@@ -81,7 +82,9 @@ def optical_depth_along_rays(
     inside = (pts.abs() <= bound).all(-1)
     sigma = torch.zeros_like(t)
     flat = pts[inside]
-    sigma[inside] = torch.cat([density_fn(c) for c in flat.split(65536)]) if len(flat) else flat.new_zeros(0)
+    sigma[inside] = (
+        torch.cat([query_in_parts(density_fn, c) for c in flat.split(65536)]) if len(flat) else flat.new_zeros(0)
+    )
     return pts, inside, sigma, (sigma * step).cumsum(1)
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dreamnfsd.utils.threads import query_in_parts
+
 _BIT_WEIGHTS = [1 << i for i in range(8)]
 
 
@@ -105,7 +107,8 @@ class OccupancyGrid(nn.Module):
         out = []
         for chunk in cells.split(self.cfg.chunk):
             jitter = torch.rand(chunk.shape[0], 3, generator=generator, device=chunk.device)
-            out.append(density_fn(cell_points(chunk, self.aabb, self.cfg.resolution, jitter)).reshape(-1))
+            points = cell_points(chunk, self.aabb, self.cfg.resolution, jitter)
+            out.append(query_in_parts(density_fn, points).reshape(-1))  # on every core, the same bits
         return torch.cat(out) if out else self.occs.new_zeros(0)
 
     @torch.no_grad()

@@ -74,16 +74,26 @@ class RowJoin:
         return self.output[self.bounds[part] : self.bounds[part + 1]]
 
 
-def forward_in_parts(forward: Callable[[slice], Tensor], rows: int, parts: int) -> Tensor:
-    """``forward(slice(0, rows))`` computed as ``parts`` contiguous row slices at once, each in a Python thread of
-    its own on one CPU thread, concatenated along dim 0. Bit-identical to the unsplit call on one thread when every
-    layer of the model computes a row the same way in any batch or is hooked as batch-coupled
-    (:func:`pin_thread_sensitive_layers`).
+def part_sizes(rows: int, parts: int, align: int = 1) -> list[int]:
+    """Sizes of up to ``parts`` contiguous slices covering ``rows``, each a multiple of ``align`` but the last, as
+    even as that allows (larger first)."""
+    units = -(-rows // align)
+    sizes = [len(c) * align for c in torch.arange(units).tensor_split(max(1, min(parts, units)))]
+    sizes[-1] -= sum(sizes) - rows
+    return sizes
+
+
+def forward_in_parts(forward: Callable[[slice], Tensor], rows: int, parts: int, align: int = 1) -> Tensor:
+    """``forward(slice(0, rows))`` computed as up to ``parts`` contiguous row slices (:func:`part_sizes`) at once,
+    each in a Python thread of its own on one CPU thread, concatenated along dim 0. Bit-identical to the unsplit call
+    on one thread when every layer of the model computes a row the same way in any batch or is hooked as
+    batch-coupled (:func:`pin_thread_sensitive_layers`), and when ``align`` rows keep the slices' starts on whole
+    SIMD vectors (elementwise ops round a vector's scalar tail differently).
 
     ``forward`` maps a row slice to that slice's output, (n, ...). Grad mode follows the caller's. An error or
     Ctrl-C in any part stops the others at their next meeting and is raised here.
     """
-    sizes = [len(c) for c in torch.arange(rows).tensor_split(min(parts, rows))]
+    sizes = part_sizes(rows, parts, align)
     join = RowJoin(sizes)
     outputs: list[Tensor | None] = [None] * len(sizes)
     errors: list[BaseException] = []
@@ -109,6 +119,23 @@ def forward_in_parts(forward: Callable[[slice], Tensor], rows: int, parts: int) 
     if errors:  # the first real one; the others' BrokenBarrierError only says a part stopped
         raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
     return torch.cat(cast(list[Tensor], outputs))
+
+
+# A no-grad field query splits into parts of whole multiples of this many points (except the last): large enough to
+# keep each part's GEMMs on their large-batch kernels and its starts on whole SIMD vectors.
+QUERY_PART_ROWS = 4096
+
+
+def query_in_parts(fn: Callable[[Tensor], Tensor], x: Tensor, parts: int | None = None) -> Tensor:
+    """``fn(x)`` for a no-grad query of a field at many points ``x`` (N, 3) on the CPU, as up to ``parts`` slices of
+    :data:`QUERY_PART_ROWS`-point multiples at once, one thread each (None: :data:`STARTUP_THREADS`). A field computes
+    each point on its own, so the output has the bits of ``fn(x)`` on one thread; a query with grad, on another
+    device or too small to split runs as ``fn(x)``."""
+    parts = STARTUP_THREADS if parts is None else parts
+    parts = min(parts, x.shape[0] // QUERY_PART_ROWS)
+    if parts < 2 or torch.is_grad_enabled() or x.device.type != "cpu":
+        return fn(x)
+    return forward_in_parts(lambda rows: fn(x[rows]), x.shape[0], parts, align=QUERY_PART_ROWS)
 
 
 def _hook(module: nn.Module, when: Callable, batch_coupled: bool) -> None:
