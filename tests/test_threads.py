@@ -13,8 +13,8 @@ import torch
 from dreamnfsd.app.compose import compose, to_run_config
 from dreamnfsd.data import make_cameras
 from dreamnfsd.guidance.priors import PriorConfig, load_prior
-from dreamnfsd.train.trainer import Trainer
 from dreamnfsd.train.scene import build_scene
+from dreamnfsd.train.trainer import Trainer
 from dreamnfsd.utils.threads import (
     forward_in_parts,
     part_sizes,
