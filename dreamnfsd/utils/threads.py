@@ -98,11 +98,15 @@ def forward_in_parts(forward: Callable[[slice], Tensor], rows: int, parts: int, 
     outputs: list[Tensor | None] = [None] * len(sizes)
     errors: list[BaseException] = []
     grad = torch.is_grad_enabled()
+    before = torch.get_num_threads()
 
     def work(part: int) -> None:
         _local.join, _local.part = join, part
+        # Set, never restored inside a part: OpenMP's count is per thread, but MKL's is one for the process, and a
+        # part restoring its count while another still runs would change that one's GEMMs.
+        torch.set_num_threads(1)
         try:
-            with torch_threads(1), torch.set_grad_enabled(grad):
+            with torch.set_grad_enabled(grad):
                 outputs[part] = forward(slice(join.bounds[part], join.bounds[part + 1]))
         except BaseException as err:
             errors.append(err)
@@ -113,9 +117,12 @@ def forward_in_parts(forward: Callable[[slice], Tensor], rows: int, parts: int, 
     helpers = [threading.Thread(target=work, args=(part,), daemon=True) for part in range(1, len(sizes))]
     for helper in helpers:
         helper.start()
-    work(0)
-    for helper in helpers:
-        helper.join()
+    try:
+        work(0)
+    finally:
+        for helper in helpers:
+            helper.join()
+        torch.set_num_threads(before)  # the caller's count, MKL's process-wide one included
     if errors:  # the first real one; the others' BrokenBarrierError only says a part stopped
         raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
     return torch.cat(cast(list[Tensor], outputs))
