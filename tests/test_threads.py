@@ -245,3 +245,25 @@ def test_occupancy_updates_have_the_same_bits_on_one_core_and_all(monkeypatch):
                 scene.renderer.update_occupancy(step, g)
         grids.append(scene.renderer.grid.occs.clone())
     assert torch.equal(grids[0], grids[1])
+
+
+@pytest.mark.parametrize("kind", ["stable_diffusion", "pixel"])
+def test_tiny_diffusers_priors_split_with_the_same_bits(kind, tiny_sd_prior, tiny_pixel_prior):
+    """The split holds for the other priors' layouts too (random tiny models: only bits are compared): a latent
+    Stable Diffusion UNet and a camera-aware pixel UNet, 4 and 6 rows, whole on one thread against 2 and 3 parts."""
+    folder = tiny_sd_prior if kind == "stable_diffusion" else tiny_pixel_prior
+    prior = load_prior(PriorConfig(kind=kind, model=str(folder), local_files_only=True, num_threads=1))
+    channels = prior.unet.config.out_channels
+    size = prior.unet.config.sample_size
+    for rows in (4, 6):
+        g = torch.Generator().manual_seed(rows)
+        x = torch.randn(rows, channels, size, size, generator=g)
+        t = torch.randint(20, 980, (rows,), generator=g)
+        text = prior.encode_text(["", "a red cube", "a blue torus"])[torch.arange(rows) % 3]
+        cams = make_cameras(torch.rand(rows, generator=g) * 6.28, torch.rand(rows, generator=g) * 0.7, size)
+        outputs = []
+        for threads, parts in ((1, 1), (2, 0), (3, 0)):
+            prior.use_cpu_threads(threads, parts)
+            with torch_threads(1):
+                outputs.append(prior.predict_noise(x, t, text, cams))
+        assert all(torch.equal(outputs[0], out) for out in outputs[1:]), rows
