@@ -267,3 +267,15 @@ def test_tiny_diffusers_priors_split_with_the_same_bits(kind, tiny_sd_prior, tin
             with torch_threads(1):
                 outputs.append(prior.predict_noise(x, t, text, cams))
         assert all(torch.equal(outputs[0], out) for out in outputs[1:]), rows
+
+
+def test_side_by_side_checks_the_bits_of_speed_only_variants():
+    """``scripts/bench_step.py --prior-parts 1 0`` (speed only: the same bits) and ``--compare`` (any overrides)."""
+    from dreamnfsd.benchmarks.step import side_by_side
+
+    base = ["train.coarse_share=0", "train.steps=8"]
+    same = side_by_side(base, ["prior.batch_parts=1", "prior.batch_parts=0"], blocks=1, block=1, warmup=0)
+    assert same["identical"] and [r["variant"] for r in same["rows"]] == ["prior.batch_parts=1", "prior.batch_parts=0"]
+    assert same["rows"][0]["speedup"] == 1.0 and all(r["step_ms"] > 0 for r in same["rows"])
+    other = side_by_side(base, ["renderer.num_steps=64", "renderer.num_steps=48"], blocks=1, block=1, warmup=0)
+    assert not other["identical"]
