@@ -62,7 +62,7 @@ def test_prior_call_has_the_same_bits_on_any_threads_and_parts(prior, rows):
     threads (a 16-core machine's default), whole or in parts of two rows or more: (threads, parts)."""
     x, t, text, cams = _prior_inputs(prior, rows)
     outputs = {}
-    for threads, parts in ((1, 1), (2, 1), (2, 0), (3, 0), (3, 1), (4, 1), (5, 0), (16, 0)):
+    for threads, parts in ((1, 1), (2, 1), (2, 0), (3, 0), (4, 1), (16, 0)):
         prior.use_cpu_threads(threads, parts)
         with torch_threads(1):  # the NeRF side's count, which the call must give back
             outputs[threads, parts] = prior.predict_noise(x, t, text, cams)
@@ -129,10 +129,10 @@ def test_forward_in_parts_joins_coupled_layers_and_stops_on_an_error():
 
 
 def test_training_has_the_same_bits_whatever_the_prior_threads(tmp_path):
-    """A few built-in-preset steps, through the coarse stage's switch to the SDF, with the prior on 1 thread and on
-    2: the same fields, moments and grids, bit for bit."""
+    """A few built-in-preset steps, through the coarse stage's switch to the SDF, with the prior on 1 thread and in
+    2 parts: the same fields, moments and grids, bit for bit."""
     states = {}
-    for threads, parts in ((1, 1), (2, 1), (2, 0)):
+    for threads, parts in ((1, 1), (2, 0)):
         cfg = to_run_config(
             compose(
                 [
@@ -154,7 +154,6 @@ def test_training_has_the_same_bits_whatever_the_prior_threads(tmp_path):
         state = copy.deepcopy(trainer.state_dict())
         del state["wall_time"], state["config"]  # the clock, and the prior settings this test varies
         states[threads, parts] = state
-    assert_same_state(states[1, 1], states[2, 1])
     assert_same_state(states[1, 1], states[2, 0])
 
 
@@ -269,13 +268,12 @@ def test_tiny_diffusers_priors_split_with_the_same_bits(kind, tiny_sd_prior, tin
         assert all(torch.equal(outputs[0], out) for out in outputs[1:]), rows
 
 
-def test_side_by_side_checks_the_bits_of_speed_only_variants():
-    """``scripts/bench_step.py --prior-parts 1 0`` (speed only: the same bits) and ``--compare`` (any overrides)."""
+def test_side_by_side_steps_variants_in_turn():
+    """``scripts/bench_step.py --prior-parts 1 0``: trainers that differ only in speed, stepped in turn, end with the
+    same bits."""
     from dreamnfsd.benchmarks.step import side_by_side
 
     base = ["train.coarse_share=0", "train.steps=8"]
     same = side_by_side(base, ["prior.batch_parts=1", "prior.batch_parts=0"], blocks=1, block=1, warmup=0)
     assert same["identical"] and [r["variant"] for r in same["rows"]] == ["prior.batch_parts=1", "prior.batch_parts=0"]
     assert same["rows"][0]["speedup"] == 1.0 and all(r["step_ms"] > 0 for r in same["rows"])
-    other = side_by_side(base, ["renderer.num_steps=64", "renderer.num_steps=48"], blocks=1, block=1, warmup=0)
-    assert not other["identical"]
