@@ -47,12 +47,13 @@ def test_pinning_is_done_once(prior):
     assert pin_thread_sensitive_layers(prior.unet) == 0  # load_prior already pinned it
 
 
-def _prior_inputs(prior, rows: int):
+def _prior_inputs(prior, rows: int, channels: int = 3, size: int = 32):
+    """A prior call's inputs for ``rows`` rows: noisy images, mixed timesteps, three prompts, cameras."""
     g = torch.Generator().manual_seed(rows)
-    x = torch.randn(rows, 3, 32, 32, generator=g)
+    x = torch.randn(rows, channels, size, size, generator=g)
     t = torch.randint(20, 980, (rows,), generator=g)
     text = prior.encode_text(["", "a red cube", "a blue torus"])[torch.arange(rows) % 3]
-    cams = make_cameras(torch.rand(rows, generator=g) * 6.28, torch.rand(rows, generator=g) * 0.7, 32)
+    cams = make_cameras(torch.rand(rows, generator=g) * 6.28, torch.rand(rows, generator=g) * 0.7, size)
     return x, t, text, cams
 
 
@@ -252,14 +253,8 @@ def test_tiny_diffusers_priors_split_with_the_same_bits(kind, tiny_sd_prior, tin
     Stable Diffusion UNet and a camera-aware pixel UNet, 4 and 6 rows, whole on one thread against 2 and 3 parts."""
     folder = tiny_sd_prior if kind == "stable_diffusion" else tiny_pixel_prior
     prior = load_prior(PriorConfig(kind=kind, model=str(folder), local_files_only=True, num_threads=1))
-    channels = prior.unet.config.out_channels
-    size = prior.unet.config.sample_size
     for rows in (4, 6):
-        g = torch.Generator().manual_seed(rows)
-        x = torch.randn(rows, channels, size, size, generator=g)
-        t = torch.randint(20, 980, (rows,), generator=g)
-        text = prior.encode_text(["", "a red cube", "a blue torus"])[torch.arange(rows) % 3]
-        cams = make_cameras(torch.rand(rows, generator=g) * 6.28, torch.rand(rows, generator=g) * 0.7, size)
+        x, t, text, cams = _prior_inputs(prior, rows, prior.unet.config.out_channels, prior.unet.config.sample_size)
         outputs = []
         for threads, parts in ((1, 1), (2, 0), (3, 0)):
             prior.use_cpu_threads(threads, parts)
