@@ -8,7 +8,8 @@ shares are the result.
 
 ``--prior-threads 1 2`` instead steps trainers that differ only in ``prior.num_threads`` in turn (blocks of
 ``--block`` steps, side by side in one process), and checks that they end bit-identical; ``--prior-parts 1 0``
-does the same for ``prior.batch_parts`` (1: the prior's batch unsplit; 0: split over the threads).
+does the same for ``prior.batch_parts`` (1: the prior's batch unsplit; 0: split over the threads), and
+``--encoding-tasks 1 0`` for ``field.encoding.cpu_tasks`` (1: the hash grid's levels in turn; 0: at once).
 ``--compare renderer.num_steps=64 renderer.num_steps=48`` steps any overrides side by side the same way, for speed
 only: variants that change results are not expected to end bit-identical.
 """
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/bench_step.json")
     parser.add_argument("--prior-threads", type=int, nargs="+", default=None, help="compare these prior.num_threads")
     parser.add_argument("--prior-parts", type=int, nargs="+", default=None, help="compare these prior.batch_parts")
+    parser.add_argument("--encoding-tasks", type=int, nargs="+", default=None, help="compare these cpu_tasks")
     parser.add_argument("--compare", nargs="+", default=None, help="compare these overrides' speed (any results)")
     parser.add_argument("--block", type=int, default=10, help="side-by-side modes: steps per turn")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.batch_size=1")
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = [f"prior.num_threads={n}" for n in args.prior_threads or []]
     variants += [f"prior.batch_parts={n}" for n in args.prior_parts or []]
+    variants += [f"field.encoding.cpu_tasks={n}" for n in args.encoding_tasks or []]
     same_bits_expected = bool(variants)
     variants += args.compare or []
     if variants:

@@ -132,7 +132,7 @@ def test_custom_backward_matches_autograd():
     x = torch.rand(500, 3)
     g_out = torch.randn(500, enc.out_dim)
     tables = list(enc.tables)
-    fast = _HashGridFn.apply(x, enc.levels, *tables)
+    fast = _HashGridFn.apply(x, enc.levels, 1, *tables)
     grads_fast = torch.autograd.grad(fast, tables, g_out)
     plain = encode_levels_autograd(x, tables, enc.levels)
     grads_plain = torch.autograd.grad(plain, tables, g_out)
@@ -147,7 +147,7 @@ def test_gradcheck_tables_and_inputs():
     tables = [t.detach().double().normal_().requires_grad_(True) for t in enc.tables]
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(6, 3, generator=gen, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda *t: _HashGridFn.apply(x, enc.levels, *t), tables)
+    assert torch.autograd.gradcheck(lambda *t: _HashGridFn.apply(x, enc.levels, 1, *t), tables)
     # Away from cell faces the encoding is smooth in x: points at cell fractions 0.2..0.8 at both levels.
     xg = ((torch.tensor([[0, 1, 1], [1, 0, 0]]) + 0.2 + 0.6 * torch.rand(2, 3, generator=gen)) / 6).double()
     xg.requires_grad_(True)

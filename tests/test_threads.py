@@ -13,13 +13,16 @@ import torch
 from dreamnfsd.app.compose import compose, to_run_config
 from dreamnfsd.data import make_cameras
 from dreamnfsd.guidance.priors import PriorConfig, load_prior
+from dreamnfsd.models.encodings import HashEncoding, HashEncodingConfig
 from dreamnfsd.train.scene import build_scene
 from dreamnfsd.train.trainer import Trainer
 from dreamnfsd.utils.threads import (
     forward_in_parts,
+    map_at_once,
     part_sizes,
     pin_thread_sensitive_layers,
     query_in_parts,
+    spare_threads,
     torch_threads,
 )
 from tests.test_determinism import assert_same_state
@@ -198,7 +201,13 @@ def test_a_run_gives_the_thread_count_back(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     "rows, parts, align, sizes",
-    [(10, 3, 1, [4, 3, 3]), (9000, 2, 4096, [8192, 808]), (100, 4, 4096, [100]), (65536, 2, 4096, [32768, 32768])],
+    [
+        (10, 3, 1, [4, 3, 3]),
+        (9000, 2, 4096, [4096, 4904]),
+        (12289, 3, 4096, [4096, 4096, 4097]),
+        (100, 4, 4096, [100]),
+        (65536, 2, 4096, [32768, 32768]),
+    ],
 )
 def test_part_sizes(rows, parts, align, sizes):
     assert part_sizes(rows, parts, align) == sizes
@@ -272,3 +281,63 @@ def test_side_by_side_steps_variants_in_turn():
     same = side_by_side(base, ["prior.batch_parts=1", "prior.batch_parts=0"], blocks=1, block=1, warmup=0)
     assert same["identical"] and [r["variant"] for r in same["rows"]] == ["prior.batch_parts=1", "prior.batch_parts=0"]
     assert same["rows"][0]["speedup"] == 1.0 and all(r["step_ms"] > 0 for r in same["rows"])
+
+
+def test_map_at_once_keeps_the_order_and_runs_its_tasks_at_once():
+    meet = threading.Barrier(3, timeout=60)  # passes only if all three tasks run at the same time
+
+    def item(k: int) -> tuple[int, int]:
+        if k < 3:
+            meet.wait()
+        return k, torch.get_num_threads()
+
+    assert map_at_once(item, 7, 3) == [(k, 1) for k in range(7)]
+    assert map_at_once(lambda k: threading.get_ident(), 3, 1) == [threading.get_ident()] * 3
+    with pytest.raises(ValueError, match="task 4"):
+        map_at_once(lambda k: (_ for _ in ()).throw(ValueError(f"task {k}")) if k == 4 else k, 7, 3)
+
+
+def test_spare_threads_only_for_a_one_thread_caller_outside_a_part(monkeypatch):
+    from dreamnfsd.utils import threads
+
+    monkeypatch.setattr(threads, "STARTUP_THREADS", 2)
+    x = torch.zeros(4, 3)
+    with torch_threads(1):
+        assert spare_threads(x) == 2
+        # A task, or a part of a split forward, has its core already: no tasks of its own.
+        assert map_at_once(lambda k: spare_threads(x), 3, 2) == [1] * 3
+        assert forward_in_parts(lambda rows: torch.tensor([spare_threads(x)] * 2), 4, 2).tolist() == [1] * 4
+        assert spare_threads(x) == 2
+    with torch_threads(2):  # the caller's ops use the cores already (and one-thread tasks would change bits)
+        assert spare_threads(x) == 1
+
+
+@pytest.mark.parametrize("n", [4096, 9001])
+def test_hash_grid_levels_at_once_have_the_bits_of_in_turn(monkeypatch, n):
+    """With spare cores a hash encoding's levels (dense and hashed) are encoded at once, and their table gradients
+    computed at once: the same bits as in turn."""
+    from dreamnfsd.models import encodings
+    from dreamnfsd.utils import threads
+
+    tasks = []
+    monkeypatch.setattr(
+        encodings, "map_at_once", lambda fn, count, k: tasks.append(k) or threads.map_at_once(fn, count, k)
+    )
+    enc = HashEncoding(HashEncodingConfig(n_levels=6, log2_hashmap_size=12, base_resolution=8, per_level_scale=1.5))
+    assert {lv.dense for lv in enc.levels} == {True, False}
+    g = torch.Generator().manual_seed(n)
+    x, grad_out = torch.rand(n, 3, generator=g), torch.randn(n, enc.out_dim, generator=g)
+    results = []
+    for cores in (1, 2, 3):
+        monkeypatch.setattr(threads, "STARTUP_THREADS", cores)
+        enc.zero_grad()
+        with torch_threads(1):
+            with torch.no_grad():
+                plain = enc(x)
+            out = enc(x)
+            out.backward(grad_out)
+        assert torch.equal(plain, out)
+        results.append([out.detach(), *(t.grad.clone() for t in enc.tables)])
+    assert tasks == [1, 1, 1, 2, 2, 2, 3, 3, 3]  # no-grad forward, forward, backward per core count
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))

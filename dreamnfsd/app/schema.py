@@ -109,6 +109,7 @@ RANGES: dict[str, Range] = {
     "field.encoding.base_resolution": Range(1, 4096),
     "field.encoding.per_level_scale": Range(1, 4),
     "field.encoding.init_scale": Range(0, 1, lo_open=True),
+    "field.encoding.cpu_tasks": Range(0, 4096, meaning="0 encodes the levels at once on every core, 1 in turn"),
     "field.hidden_dim": Range(1, 1024),
     "field.n_hidden_layers": Range(0, 16),
     "field.bound": Range(0, 100, lo_open=True, meaning="the scene box half-size"),

@@ -22,6 +22,7 @@ encoding was tried: 45-70 s to compile and no faster than this eager path, so on
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamnfsd.utils.errors import UserError
+from dreamnfsd.utils.threads import map_at_once, spare_threads
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,10 @@ class HashEncodingConfig:
     per_level_scale: float = 1.447
     init_scale: float = 1e-4  # uniform(-s, s) as in Instant-NGP
     backend: str = "auto"  # auto | torch | tcnn  (auto: tcnn when importable and the field is built on CUDA)
+    # torch backend on the CPU: the levels at once, one thread each, when the caller runs on one thread (the NeRF
+    # side's train.num_threads); 0: as many as the cores (dreamnfsd.utils.threads.spare_threads), 1: in turn. The
+    # same bits either way.
+    cpu_tasks: int = 0
 
 
 @dataclass(frozen=True)
@@ -169,40 +175,62 @@ def encode_levels_autograd(x: Tensor, tables: list[Tensor], levels: list[_Level]
     return torch.cat(outs, 1)
 
 
-def encode_levels_fast(x: Tensor, tables: list[Tensor], levels: list[_Level], saved: list | None = None) -> Tensor:
-    """Non-differentiable encoding (inference and the custom Function's forward). x (N, 3) -> (N, L*F)."""
-    outs = []
-    for tab, lv in zip(tables, levels):
-        idx, frac = level_corners(x, lv.res, lv.dense, lv.log2_size)
-        fr = expand_frac(frac, tab.shape[1])
-        outs.append(trilinear([gather_rows(tab, i) for i in idx], *fr))
-        if saved is not None:
-            saved.append((idx, fr))
-    return torch.cat(outs, 1)
+# A call with fewer points than this encodes its levels in this thread: starting threads would cost more than it saves.
+MIN_SPLIT_POINTS = 4096
+
+
+def level_tasks(x: Tensor, most: int = 0) -> int:
+    """How many tasks may encode the levels of the points ``x`` (N, ...) at once: :func:`spare_threads`, at most
+    ``most`` (0: no limit), 1 below :data:`MIN_SPLIT_POINTS` points."""
+    if x.shape[0] < MIN_SPLIT_POINTS:
+        return 1
+    spare = spare_threads(x)
+    return min(spare, most) if most > 0 else spare
+
+
+def encode_levels_fast(
+    x: Tensor, tables: list[Tensor], levels: list[_Level], saved: list | None = None, tasks: int = 1
+) -> Tensor:
+    """Non-differentiable encoding (inference and the custom Function's forward). x (N, 3) -> (N, L*F).
+
+    The levels are independent, so ``tasks`` > 1 encodes them at once, dealt in turn to one-thread tasks
+    (:func:`map_at_once`): a level's ops are the same ones on one thread, so with a one-thread caller the bits are
+    those of ``tasks=1``."""
+
+    def level(k: int) -> tuple[Tensor, tuple[list[Tensor], list[Tensor]]]:
+        idx, frac = level_corners(x, levels[k].res, levels[k].dense, levels[k].log2_size)
+        fr = expand_frac(frac, tables[k].shape[1])
+        return trilinear([gather_rows(tables[k], i) for i in idx], *fr), (idx, fr)
+
+    done = map_at_once(level, len(levels), tasks)
+    if saved is not None:
+        saved.extend(kept for _, kept in done)
+    return torch.cat([out for out, _ in done], 1)
 
 
 class _HashGridFn(torch.autograd.Function):
     """Encoding with a hand-written table gradient; x gets none (see :func:`encode_levels_autograd` for that)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, levels: list[_Level], *tables: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, levels: list[_Level], tasks: int, *tables: Tensor) -> Tensor:
         # Indices are kept (8 x int64 per point and level) rather than recomputed: hashing is ~15% of the forward.
         ctx.saved = []
         ctx.shapes = [t.shape for t in tables]
-        return encode_levels_fast(x, list(tables), levels, ctx.saved)
+        ctx.tasks = tasks
+        return encode_levels_fast(x, list(tables), levels, ctx.saved, tasks)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        grads = []
-        start = 0
-        for (idx, fr), shape in zip(ctx.saved, ctx.shapes):
+        starts = [0, *itertools.accumulate(shape[1] for shape in ctx.shapes)]
+
+        def level(k: int) -> Tensor:  # each level's table gradient on its own, like its forward
+            (idx, fr), shape = ctx.saved[k], ctx.shapes[k]
             grad_table = torch.zeros(shape, dtype=grad_out.dtype, device=grad_out.device)
-            g = grad_out[:, start : start + shape[1]].contiguous()
-            start += shape[1]
-            trilinear_scatter_(grad_table, idx, g, *fr)
-            grads.append(grad_table)
-        return (None, None, *grads)
+            trilinear_scatter_(grad_table, idx, grad_out[:, starts[k] : starts[k + 1]].contiguous(), *fr)
+            return grad_table
+
+        return (None, None, None, *map_at_once(level, len(ctx.shapes), ctx.tasks))
 
 
 def tcnn_available() -> bool:
@@ -320,8 +348,9 @@ class HashEncoding(nn.Module):
             return self.tcnn(x.contiguous()).float()
         x = x.clamp(0.0, 1.0)
         tables = list(self.tables)
+        tasks = level_tasks(x, self.cfg.cpu_tasks)
         if not torch.is_grad_enabled():
-            return encode_levels_fast(x, tables, self.levels)
+            return encode_levels_fast(x, tables, self.levels, tasks=tasks)
         if x.requires_grad:
             return encode_levels_autograd(x, tables, self.levels)
-        return _HashGridFn.apply(x, self.levels, *tables)
+        return _HashGridFn.apply(x, self.levels, tasks, *tables)

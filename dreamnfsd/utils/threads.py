@@ -14,6 +14,10 @@ runs it as parts of rows at once, one thread each (:func:`forward_in_parts`). Ev
 computes a row the same way in any batch of two rows or more; those GEMMs are batch-coupled, and the parts meet
 there (:class:`RowJoin`) to run them once on the whole batch, as an unsplit forward does. The parts' outputs are the
 unsplit output's rows, bit for bit, which is what lets ``prior.num_threads`` default to every core.
+
+Work made of independent pieces runs the same way, a task per core (:func:`run_at_once`, :func:`map_at_once`): the
+no-grad field queries by points (:func:`query_in_parts`), the hash grid's levels on the one-thread NeRF side
+(:func:`spare_threads`). Each piece is the same ops on one thread, so the bits do not change.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import itertools
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from typing import cast
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +36,8 @@ from torch import Tensor, nn
 # else the machine's cores (torch's own default).
 STARTUP_THREADS = torch.get_num_threads()
 _pinned: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # models already hooked
-_local = threading.local()  # per thread: the counts pinned layers restore, and the RowJoin of a split forward
+T = TypeVar("T")
+_local = threading.local()  # per thread: the counts pinned layers restore, the RowJoin of a split forward, in_task
 
 
 @contextlib.contextmanager
@@ -75,46 +80,42 @@ class RowJoin:
 
 
 def part_sizes(rows: int, parts: int, align: int = 1) -> list[int]:
-    """Sizes of up to ``parts`` contiguous slices covering ``rows``, each a multiple of ``align`` but the last, as
-    even as that allows (larger first)."""
-    units = -(-rows // align)
+    """Sizes of up to ``parts`` contiguous slices covering ``rows``, each a whole multiple of ``align`` but the last,
+    which takes the remainder on top of its own multiple, as even as that allows (larger first).
+
+    A remainder never makes a slice of its own: a GEMM over one or a few rows takes another kernel, whose bits were
+    seen to depend on where the allocator had put its input."""
+    units = max(1, rows // align)
     sizes = [len(c) * align for c in torch.arange(units).tensor_split(max(1, min(parts, units)))]
-    sizes[-1] -= sum(sizes) - rows
+    sizes[-1] += rows - sum(sizes)
     return sizes
 
 
-def forward_in_parts(forward: Callable[[slice], Tensor], rows: int, parts: int, align: int = 1) -> Tensor:
-    """``forward(slice(0, rows))`` computed as up to ``parts`` contiguous row slices (:func:`part_sizes`) at once,
-    each in a Python thread of its own on one CPU thread, concatenated along dim 0. Bit-identical to the unsplit call
-    on one thread when every layer of the model computes a row the same way in any batch or is hooked as
-    batch-coupled (:func:`pin_thread_sensitive_layers`), and when ``align`` rows keep the slices' starts on whole
-    SIMD vectors (elementwise ops round a vector's scalar tail differently).
-
-    ``forward`` maps a row slice to that slice's output, (n, ...). Grad mode follows the caller's. An error or
-    Ctrl-C in any part stops the others at their next meeting and is raised here.
-    """
-    sizes = part_sizes(rows, parts, align)
-    join = RowJoin(sizes)
-    outputs: list[Tensor | None] = [None] * len(sizes)
+def run_at_once(tasks: list[Callable[[], T]], on_error: Callable[[], None] | None = None) -> list[T]:
+    """Run ``tasks`` at once, the first in this thread and each other in a Python thread of its own, every one on
+    one CPU thread and in the caller's grad mode; their results in order. An error or Ctrl-C in any task calls
+    ``on_error`` (to stop the others at their next meeting) and is raised here once all have ended."""
+    results: list[T | None] = [None] * len(tasks)
     errors: list[BaseException] = []
     grad = torch.is_grad_enabled()
     before = torch.get_num_threads()
 
-    def work(part: int) -> None:
-        _local.join, _local.part = join, part
-        # Set, never restored inside a part: OpenMP's count is per thread, but MKL's is one for the process, and a
-        # part restoring its count while another still runs would change that one's GEMMs.
+    def work(k: int) -> None:
+        # Set, never restored inside a task: OpenMP's count is per thread, but MKL's is one for the process, and a
+        # task restoring its count while another still runs would change that one's GEMMs.
         torch.set_num_threads(1)
+        outer, _local.in_task = getattr(_local, "in_task", False), True  # a task starts no tasks of its own
         try:
             with torch.set_grad_enabled(grad):
-                outputs[part] = forward(slice(join.bounds[part], join.bounds[part + 1]))
+                results[k] = tasks[k]()
         except BaseException as err:
             errors.append(err)
-            join.barrier.abort()
+            if on_error is not None:
+                on_error()
         finally:
-            _local.join = None
+            _local.in_task = outer
 
-    helpers = [threading.Thread(target=work, args=(part,), daemon=True) for part in range(1, len(sizes))]
+    helpers = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(1, len(tasks))]
     for helper in helpers:
         helper.start()
     try:
@@ -123,9 +124,62 @@ def forward_in_parts(forward: Callable[[slice], Tensor], rows: int, parts: int, 
         for helper in helpers:
             helper.join()
         torch.set_num_threads(before)  # the caller's count, MKL's process-wide one included
-    if errors:  # the first real one; the others' BrokenBarrierError only says a part stopped
+    if errors:  # the first real one; the others' BrokenBarrierError only says a task stopped
         raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
-    return torch.cat(cast(list[Tensor], outputs))
+    return cast(list[T], results)
+
+
+def forward_in_parts(forward: Callable[[slice], Tensor], rows: int, parts: int, align: int = 1) -> Tensor:
+    """``forward(slice(0, rows))`` computed as up to ``parts`` contiguous row slices (:func:`part_sizes`) at once
+    (:func:`run_at_once`), concatenated along dim 0. Bit-identical to the unsplit call on one thread when every
+    layer of the model computes a row the same way in any batch or is hooked as batch-coupled
+    (:func:`pin_thread_sensitive_layers`), and when ``align`` rows keep the slices' starts on whole SIMD vectors
+    (elementwise ops round a vector's scalar tail differently).
+
+    ``forward`` maps a row slice to that slice's output, (n, ...). An error or Ctrl-C in any part stops the others
+    at their next meeting and is raised here.
+    """
+    join = RowJoin(part_sizes(rows, parts, align))
+
+    def part(k: int) -> Callable[[], Tensor]:
+        def run() -> Tensor:
+            _local.join, _local.part = join, k
+            try:
+                return forward(slice(join.bounds[k], join.bounds[k + 1]))
+            finally:
+                _local.join = None
+
+        return run
+
+    return torch.cat(run_at_once([part(k) for k in range(len(join.bounds) - 1)], on_error=join.barrier.abort))
+
+
+def spare_threads(x: Tensor) -> int:
+    """How many one-thread tasks may split independent work on ``x`` at once: :data:`STARTUP_THREADS` when ``x``
+    is on the CPU, the caller runs on one thread (so each task's ops keep the caller's bits) and is not itself a
+    task (:func:`run_at_once`) or a part of a split; else 1."""
+    if x.device.type != "cpu" or torch.get_num_threads() != 1 or getattr(_local, "in_task", False):
+        return 1
+    return STARTUP_THREADS
+
+
+def map_at_once(fn: Callable[[int], T], n: int, tasks: int) -> list[T]:
+    """``[fn(0), ..., fn(n - 1)]``, the items dealt in turn to up to ``tasks`` tasks run at once
+    (:func:`run_at_once`); all in this thread when ``tasks < 2``."""
+    tasks = min(tasks, n)
+    if tasks < 2:
+        return [fn(k) for k in range(n)]
+    groups = [range(k, n, tasks) for k in range(tasks)]
+
+    def task(group: range) -> Callable[[], list[T]]:
+        return lambda: [fn(k) for k in group]
+
+    done = run_at_once([task(g) for g in groups])
+    out: list[T | None] = [None] * n
+    for g, values in zip(groups, done):
+        for k, value in zip(g, values):
+            out[k] = value
+    return cast(list[T], out)
 
 
 # A no-grad field query splits into parts of whole multiples of this many points (except the last): large enough to
