@@ -80,8 +80,8 @@ class RowJoin:
 
 
 def part_sizes(rows: int, parts: int, align: int = 1) -> list[int]:
-    """Sizes of up to ``parts`` contiguous slices covering ``rows``, each a whole multiple of ``align`` but the last,
-    which takes the remainder on top of its own multiple, as even as that allows (larger first).
+    """Sizes of up to ``parts`` contiguous slices covering ``rows``: whole multiples of ``align``, as even as that
+    allows (earlier ones larger), the last one with the remainder on top.
 
     A remainder never makes a slice of its own: a GEMM over one or a few rows takes another kernel, whose bits were
     seen to depend on where the allocator had put its input."""
