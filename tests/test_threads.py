@@ -293,8 +293,14 @@ def test_map_at_once_keeps_the_order_and_runs_its_tasks_at_once():
 
     assert map_at_once(item, 7, 3) == [(k, 1) for k in range(7)]
     assert map_at_once(lambda k: threading.get_ident(), 3, 1) == [threading.get_ident()] * 3
+
+    def fails_at_4(k: int) -> int:
+        if k == 4:
+            raise ValueError(f"task {k}")
+        return k
+
     with pytest.raises(ValueError, match="task 4"):
-        map_at_once(lambda k: (_ for _ in ()).throw(ValueError(f"task {k}")) if k == 4 else k, 7, 3)
+        map_at_once(fails_at_4, 7, 3)
 
 
 def test_spare_threads_only_for_a_one_thread_caller_outside_a_part(monkeypatch):

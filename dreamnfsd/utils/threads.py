@@ -174,11 +174,9 @@ def map_at_once(fn: Callable[[int], T], n: int, tasks: int) -> list[T]:
     def task(group: range) -> Callable[[], list[T]]:
         return lambda: [fn(k) for k in group]
 
-    done = run_at_once([task(g) for g in groups])
     out: list[T | None] = [None] * n
-    for g, values in zip(groups, done):
-        for k, value in zip(g, values):
-            out[k] = value
+    for k, values in enumerate(run_at_once([task(g) for g in groups])):
+        out[k::tasks] = values  # group k held items k, k + tasks, ...
     return cast(list[T], out)
 
 
