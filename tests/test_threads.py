@@ -283,6 +283,17 @@ def test_side_by_side_steps_variants_in_turn():
     assert same["rows"][0]["speedup"] == 1.0 and all(r["step_ms"] > 0 for r in same["rows"])
 
 
+def test_step_breakdown_runs_the_nerf_side_on_train_num_threads():
+    """``scripts/bench_step.py`` times the step a run takes: the NeRF side on ``train.num_threads``, whatever the
+    caller's count, which it gets back afterwards."""
+    from dreamnfsd.benchmarks.step import cpu_preset_breakdown
+
+    with torch_threads(2):
+        result = cpu_preset_breakdown(["train.num_threads=1", "train.coarse_share=0", "train.steps=4"], 1, 0)
+        assert torch.get_num_threads() == 2
+    assert result["config"]["train_threads"] == 1 and result["step_ms"] > 0
+
+
 def test_map_at_once_keeps_the_order_and_runs_its_tasks_at_once():
     meet = threading.Barrier(3, timeout=60)  # passes only if all three tasks run at the same time
 

@@ -91,21 +91,25 @@ def cpu_preset_breakdown(overrides: list[str], steps: int, warmup: int, prior_fo
     ``prior_folder``: a pixel prior folder instead of the built-in one."""
     from dreamnfsd.guidance.priors import load_prior
     from dreamnfsd.train.trainer import Trainer
+    from dreamnfsd.utils.threads import STARTUP_THREADS, torch_threads
 
     overrides = ["prompt=a red cube", "prior=builtin", "train.shading_warmup_steps=0", *overrides]
     if prior_folder:
         overrides += ["prior.kind=pixel", f"prior.model={prior_folder}"]
     cfg = compose_run_config(overrides)
     prior = load_prior(cfg.prior, "cpu")
-    with tempfile.TemporaryDirectory() as tmp:
+    # The NeRF side on train.num_threads, as a run applies it (dreamnfsd.app.run); the prior sets its own count.
+    with tempfile.TemporaryDirectory() as tmp, torch_threads(cfg.train.num_threads):
         trainer = Trainer(cfg, Path(tmp), torch.device("cpu"), prior)
         result = phase_breakdown(trainer, steps, warmup)
+        threads = torch.get_num_threads()
     config = {
         "camera": f"{cfg.camera.height}x{cfg.camera.width}",
         "batch_size": cfg.train.batch_size,
         "guidance": cfg.guidance.kind,
         "prior": cfg.prior.kind,
-        "threads": torch.get_num_threads(),
+        "train_threads": threads,
+        "prior_threads": cfg.prior.num_threads or STARTUP_THREADS,
     }
     return {"config": config, **result}
 

@@ -348,9 +348,9 @@ class HashEncoding(nn.Module):
             return self.tcnn(x.contiguous()).float()
         x = x.clamp(0.0, 1.0)
         tables = list(self.tables)
+        if torch.is_grad_enabled() and x.requires_grad:  # grads in x: autograd (the Function's are the tables')
+            return encode_levels_autograd(x, tables, self.levels)
         tasks = level_tasks(x, self.cfg.cpu_tasks)
         if not torch.is_grad_enabled():
             return encode_levels_fast(x, tables, self.levels, tasks=tasks)
-        if x.requires_grad:
-            return encode_levels_autograd(x, tables, self.levels)
         return _HashGridFn.apply(x, self.levels, tasks, *tables)
