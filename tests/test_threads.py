@@ -17,6 +17,7 @@ from dreamnfsd.models.encodings import HashEncoding, HashEncodingConfig
 from dreamnfsd.train.scene import build_scene
 from dreamnfsd.train.trainer import Trainer
 from dreamnfsd.utils.threads import (
+    STARTUP_THREADS,
     forward_in_parts,
     map_at_once,
     part_sizes,
@@ -292,6 +293,7 @@ def test_step_breakdown_runs_the_nerf_side_on_train_num_threads():
         result = cpu_preset_breakdown(["train.num_threads=1", "train.coarse_share=0", "train.steps=4"], 1, 0)
         assert torch.get_num_threads() == 2
     assert result["config"]["train_threads"] == 1 and result["step_ms"] > 0
+    assert result["config"]["prior_threads"] == STARTUP_THREADS  # prior.num_threads=0: every core
 
 
 def test_map_at_once_keeps_the_order_and_runs_its_tasks_at_once():

@@ -91,7 +91,7 @@ def cpu_preset_breakdown(overrides: list[str], steps: int, warmup: int, prior_fo
     ``prior_folder``: a pixel prior folder instead of the built-in one."""
     from dreamnfsd.guidance.priors import load_prior
     from dreamnfsd.train.trainer import Trainer
-    from dreamnfsd.utils.threads import STARTUP_THREADS, torch_threads
+    from dreamnfsd.utils.threads import torch_threads
 
     overrides = ["prompt=a red cube", "prior=builtin", "train.shading_warmup_steps=0", *overrides]
     if prior_folder:
@@ -109,7 +109,7 @@ def cpu_preset_breakdown(overrides: list[str], steps: int, warmup: int, prior_fo
         "guidance": cfg.guidance.kind,
         "prior": cfg.prior.kind,
         "train_threads": threads,
-        "prior_threads": cfg.prior.num_threads or STARTUP_THREADS,
+        "prior_threads": prior.cpu_threads,  # what load_prior resolved prior.num_threads to
     }
     return {"config": config, **result}
 
